@@ -1,0 +1,111 @@
+"""Real Kafka, PostgreSQL and Redis on loopback, started by the project itself (no Docker).
+
+`ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
+run dir serialises starts and stops, and a healthy service is left untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mdstream.services.base import Service, ServiceError, ServiceStatus, apt_install, say
+from mdstream.services.config import Settings
+from mdstream.services.kafka import KafkaService
+from mdstream.services.postgres import PostgresService
+from mdstream.services.redis import RedisService
+
+__all__ = [
+    "SERVICE_NAMES",
+    "Endpoints",
+    "ServiceError",
+    "ServiceStatus",
+    "Settings",
+    "endpoints",
+    "ensure_up",
+    "status",
+    "stop_all",
+]
+
+_SERVICES: dict[str, type[Service]] = {
+    cls.name: cls for cls in (KafkaService, PostgresService, RedisService)
+}
+SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """How clients reach the services (they are fixed by the settings, running or not)."""
+
+    kafka_bootstrap: str  # "127.0.0.1:39092"
+    postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
+    redis_url: str  # "redis://127.0.0.1:36379/0"
+
+
+def _select(only: Sequence[str] | None, settings: Settings | None) -> list[Service]:
+    settings = settings or Settings.from_env()
+    names = list(only) if only else list(SERVICE_NAMES)
+    unknown = sorted(set(names) - set(_SERVICES))
+    if unknown:
+        raise ServiceError(f"unknown service(s) {unknown}; choose from {list(SERVICE_NAMES)}")
+    return [_SERVICES[name](settings) for name in SERVICE_NAMES if name in names]
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    """One up/down at a time per run dir, across processes (tests, CLI, other engineers)."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.run_dir / "services.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def endpoints(settings: Settings | None = None) -> Endpoints:
+    """The addresses for `settings` (default: from the environment), without starting anything."""
+    settings = settings or Settings.from_env()
+    return Endpoints(
+        kafka_bootstrap=KafkaService(settings).address,
+        postgres_dsn=PostgresService(settings).address,
+        redis_url=RedisService(settings).address,
+    )
+
+
+def ensure_up(
+    only: Sequence[str] | None = None, settings: Settings | None = None, timeout: float = 180.0
+) -> Endpoints:
+    """Start whatever is not running, wait until every requested service is usable."""
+    settings = settings or Settings.from_env()
+    services = _select(only, settings)
+    deadline = time.monotonic() + timeout
+    with _locked(settings):
+        missing = sorted({pkg for service in services for pkg in service.missing_packages()})
+        if missing:
+            apt_install(missing)
+        # Launch everything first (Kafka's JVM boots while PostgreSQL and Redis start) ...
+        for service in services:
+            if service.pid() is None:
+                service.start()
+        # ... then wait; a service that was already running only gets its health re-checked.
+        for service in services:
+            service.wait_ready(deadline)
+    return endpoints(settings)
+
+
+def stop_all(only: Sequence[str] | None = None, settings: Settings | None = None) -> list[str]:
+    """Stop the running services (no-op for those already down); returns the names stopped."""
+    settings = settings or Settings.from_env()
+    with _locked(settings):
+        stopped = [service.name for service in _select(only, settings) if service.stop()]
+    if not stopped:
+        say("nothing to stop")
+    return stopped
+
+
+def status(
+    only: Sequence[str] | None = None, settings: Settings | None = None
+) -> list[ServiceStatus]:
+    """Cheap check (pid alive + port accepting) for each requested service."""
+    return [service.status() for service in _select(only, settings)]
