@@ -1,4 +1,4 @@
-"""The `mdstream` command: one entry point, each sub-command registered by the module that owns it."""
+"""The `mdstream` command: each sub-command is registered by the module that owns it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,65 @@
+"""The Faust app: settings, topics and contracts. Run it with `faust -A mdstream.app worker`."""
+
+from __future__ import annotations
+
+import faust
+from faust.stores import STORES
+
+from mdstream.bus import ensure_topics
+from mdstream.contracts import ContractSet
+from mdstream.eos import EosApp, EosTableManager
+from mdstream.registry import contract_ids
+from mdstream.settings import settings
+
+# faust-streaming 0.15 names its RocksDB store `rocksdb://` and runs it on rocksdict when the
+# python-rocksdb binding is absent; `rocksdict://` says which driver we mean.
+STORES.aliases.setdefault("rocksdict", "faust.stores.rocksdb:Store")
+
+
+class MdstreamApp(EosApp):
+    async def on_first_start(self) -> None:
+        # Outputs go to the input's partition number: every topic needs the same partition count.
+        ensure_topics(
+            settings.bootstrap,
+            (settings.topics.raw, *settings.topics.outputs()),
+            settings.partitions,
+        )
+        await super().on_first_start()
+
+
+app = MdstreamApp(
+    settings.app_id,
+    broker=settings.broker,
+    store=settings.store,
+    processing_guarantee=settings.processing_guarantee,
+    topic_partitions=settings.partitions,
+    datadir=str(settings.data_dir),
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    broker_commit_interval=settings.commit_interval_s,
+    # A SIGKILLed member holds its partitions until its session expires: keep that short.
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=1.0,
+    table_standby_replicas=settings.standby_replicas,
+    consumer_auto_offset_reset="earliest",
+    topic_disable_leader=True,
+    TableManager=EosTableManager,
+    autodiscover=["agents", "tables"],
+    origin="mdstream",
+)
+
+
+def _topic(name: str) -> faust.TopicT:
+    """Topics carry Confluent-framed Avro bytes; decoding is ours, so bad bytes reach the DLQ."""
+    return app.topic(
+        name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+    )
+
+
+raw_topic = _topic(settings.topics.raw)
+normalized_topic = _topic(settings.topics.normalized)
+alerts_topic = _topic(settings.topics.alerts)
+dead_letter_topic = _topic(settings.topics.dead_letter)
+
+contracts = ContractSet.load(contract_ids(settings))

@@ -1,0 +1,471 @@
+"""The raw → bars/alerts/dead-letters step: a pure function of (batch, partition state).
+
+The same step runs in the Faust agent (state = RocksDB-backed tables) and in a plain batch
+recomputation over the raw topic (state = dicts). Exactly-once is then checkable: the streamed
+output must equal the recomputed one, however often the worker died.
+
+Determinism is the contract: nothing here reads the wall clock except `emitted_ns`, which goes only
+into the `timestamp` (emission time) fields of output events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mdstream import bars as barlib
+from mdstream.batch import TickColumns, tick_event_id
+from mdstream.consensus import build_consensus
+from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.validation import ValidationRules, validate
+
+log = logging.getLogger(__name__)
+
+_NS = uuid.UUID("6f2b7c1e-3f0e-4c55-9f57-2b8e8d7f3a10")
+
+
+def stable_id(*parts: object) -> str:
+    """A UUID that is a function of its parts: the same fact always gets the same event id."""
+    return str(uuid.uuid5(_NS, "|".join(map(str, parts))))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    intervals: tuple[str, ...] = ("1s", "1m")
+    grace_ns: int = 1_000_000_000
+    provider_priority: tuple[str, ...] = ("alpaca", "polygon", "finnhub")
+    # A trade further than this from the other providers' consensus is an outlier.
+    outlier_rel: float = 0.02
+    # Per feed: how often it is expected to update an instrument it covers; stale after 2× that.
+    expected_interval_ns: Mapping[str, int] = field(default_factory=dict)
+    default_expected_interval_ns: int = 1_000_000_000
+    stale_factor: float = 2.0
+    validation: ValidationRules = field(default_factory=ValidationRules)
+
+    @property
+    def interval_widths(self) -> dict[str, int]:
+        return {label: barlib.interval_ns(label) for label in self.intervals}
+
+    def expected_interval(self, provider: str) -> int:
+        return self.expected_interval_ns.get(provider, self.default_expected_interval_ns)
+
+
+@dataclass
+class StepOutput:
+    bars: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    consensus: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def clock_key(partition: int) -> str:
+    """State key of a partition's stream clock (its own key per partition: one store spans many)."""
+    return f"\x00clock/{partition}"
+
+
+def dead_letter(
+    stage: str,
+    reason: str,
+    payload: bytes,
+    *,
+    emitted_ns: int,
+    source: str | None = None,
+    key: bytes | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "timestamp": emitted_ns,
+        "stage": stage,
+        "reason": reason,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "source": source,
+        "key": key,
+        "payload": payload,
+    }
+
+
+def _alert(
+    alert_type: str,
+    severity: str,
+    status: str,
+    source: str,
+    symbol: str,
+    description: str,
+    at_ns: int,
+    event_key: object,
+    **metrics: Any,
+) -> dict[str, Any]:
+    return {
+        "eventId": stable_id(alert_type, status, source, symbol, event_key),
+        "timestamp": at_ns,
+        "alert_type": alert_type,
+        "severity": severity,
+        "status": status,
+        "source": source,
+        "instrument": symbol,
+        "description": description,
+        "metrics": {
+            "last_update": metrics.get("last_update"),
+            "expected_frequency": metrics.get("expected_frequency"),
+            "quality_score": metrics.get("quality_score"),
+            "observed": metrics.get("observed"),
+            "reference": metrics.get("reference"),
+        },
+    }
+
+
+def _tick_payload(batch: Mapping[str, Any], index: int) -> bytes:
+    tick = batch["ticks"][index]
+    return json.dumps(
+        {
+            "eventId": tick_event_id(batch["batchId"], index),
+            "batchId": batch["batchId"],
+            "source": batch["source"],
+            "instrument": batch["instrument"],
+            "tick": tick,
+        },
+        default=str,
+        allow_nan=True,
+    ).encode()
+
+
+def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emitted_ns: int):
+    instrument = state.get("instrument", {})
+    present = len(bar.providers_present)
+    known = max(len(state.get("providers", {})), 1)
+    return {
+        "eventId": stable_id("bar", symbol, bar.interval, bar.window_start),
+        "timestamp": emitted_ns,
+        "instrument": {
+            "symbol": symbol,
+            "exchange": instrument.get("exchange"),
+            "isin": instrument.get("isin"),
+            "instrument_type": "EQUITY",
+        },
+        "ohlcv": {
+            "open": bar.open,
+            "high": bar.high,
+            "low": bar.low,
+            "close": bar.close,
+            "volume": bar.volume,
+            "vwap": bar.vwap,
+            "trade_count": bar.trade_count,
+        },
+        "timestamp_utc": bar.window_start,
+        "interval": bar.interval,
+        "window_start": bar.window_start,
+        "window_end": bar.window_end,
+        # Provisional definitions until the quality framework lands: completeness is the share of
+        # the instrument's known providers that reported in the window; the others are not yet
+        # measured and say so by being 1.0 only when nothing contradicts them.
+        "quality_metrics": {
+            "completeness": present / known,
+            "accuracy_score": 1.0,
+            "timeliness_score": 1.0,
+            "source_reliability": 1.0,
+        },
+        "adjustments_applied": [],
+        "sources": [bar.source],
+    }
+
+
+def _close_partition_windows(
+    state: MutableMapping[str, Any],
+    clock: dict[str, Any],
+    cfg: PipelineConfig,
+    out: StepOutput,
+    emitted_ns: int,
+) -> None:
+    widths = cfg.interval_widths
+    due = sorted(sym for sym, at in clock["open"].items() if at <= clock["t"])
+    for symbol in due:
+        inst = state[symbol]
+        for bar in barlib.close_due(
+            inst["bars"], widths, clock["t"], cfg.grace_ns, cfg.provider_priority
+        ):
+            out.bars.append(_bar_event(bar, inst, symbol, emitted_ns))
+        nxt = barlib.earliest_close(inst["bars"], widths, cfg.grace_ns)
+        if nxt is None:
+            del clock["open"][symbol]
+        else:
+            clock["open"][symbol] = nxt
+        state[symbol] = inst
+
+
+def process_batch(
+    batch: Mapping[str, Any],
+    state: MutableMapping[str, Any],
+    partition: int,
+    cfg: PipelineConfig,
+    emitted_ns: int,
+    *,
+    key: bytes | None = None,
+) -> StepOutput:
+    """Apply one decoded RawMarketDataBatch to a partition's state; return what it emits.
+
+    Order within the step: validate → drop late ticks → outliers against the other providers'
+    consensus → provider freshness and staleness → accumulate bars → advance stream time → close
+    every window of the partition that became final.
+    """
+    out = StepOutput()
+    cols = TickColumns.from_record(batch)
+    symbol, provider = cols.symbol, cols.source
+    clock = state.get(clock_key(partition)) or {"t": 0, "open": {}}
+    inst = state.get(symbol) or {"providers": {}, "bars": {}, "instrument": {}}
+    if batch["instrument"].get("isin") or batch["instrument"].get("exchange"):
+        inst["instrument"] = {
+            "exchange": batch["instrument"].get("exchange"),
+            "isin": batch["instrument"].get("isin"),
+        }
+
+    ok = np.ones(len(cols), dtype=bool)
+    for i, reason in enumerate(validate(cols, cfg.validation)):
+        if reason is not None:
+            ok[i] = False
+            out.dead_letters.append(
+                dead_letter(
+                    "validate",
+                    reason,
+                    _tick_payload(batch, i),
+                    emitted_ns=emitted_ns,
+                    source=provider,
+                    key=key,
+                )
+            )
+
+    finest = min(cfg.interval_widths.values())
+    late = ok & barlib.is_late(cols.ts, finest, clock["t"], cfg.grace_ns)
+    for i in np.flatnonzero(late):
+        out.dead_letters.append(
+            dead_letter(
+                "late",
+                f"event time {int(cols.ts[i])} is beyond the grace period "
+                f"({cfg.grace_ns} ns) of stream time {clock['t']}: its bars are already final",
+                _tick_payload(batch, int(i)),
+                emitted_ns=emitted_ns,
+                source=provider,
+                key=key,
+            )
+        )
+    ok &= ~late
+    if not ok.any():
+        state[symbol] = inst
+        state[clock_key(partition)] = clock
+        return out
+
+    now = int(cols.ts[ok].max())
+    providers: dict[str, dict[str, Any]] = inst["providers"]
+    trades = ok & cols.is_trade
+
+    # Outliers: trades far from what the *other* fresh providers say, or from this provider's own
+    # last price when it is alone.
+    others = [
+        (p["price"], 1.0)
+        for name, p in providers.items()
+        if name != provider and not p.get("stale") and p.get("price") is not None
+    ]
+    if others:
+        reference = build_consensus([p for p, _ in others], [w for _, w in others], now).price
+    else:
+        reference = providers.get(provider, {}).get("price")
+    if reference is not None and trades.any():
+        deviation = np.abs(cols.price - reference) / reference
+        outliers = trades & (deviation > cfg.outlier_rel)
+        for i in np.flatnonzero(outliers):
+            dev = float(deviation[i])
+            out.alerts.append(
+                _alert(
+                    "OUTLIER_DETECTED",
+                    "HIGH" if dev > 5 * cfg.outlier_rel else "MEDIUM",
+                    "RAISED",
+                    provider,
+                    symbol,
+                    f"{provider} trade at {cols.price[i]:.6g} is {dev:.2%} from the reference "
+                    f"{reference:.6g}; excluded from bars",
+                    int(cols.ts[i]),
+                    tick_event_id(cols.batch_id, int(i)),
+                    observed=float(cols.price[i]),
+                    reference=float(reference),
+                )
+            )
+        trades &= ~outliers
+
+    # Freshness of this provider; staleness of the others, judged on this instrument's event time.
+    me = providers.setdefault(provider, {"price": None, "ts": 0, "stale": False})
+    me["ts"] = max(me["ts"], now)
+    if trades.any():
+        last = int(np.flatnonzero(trades)[np.argmax(cols.ts[trades])])
+        me["price"] = float(cols.price[last])
+    if me.get("stale"):
+        me["stale"] = False
+        out.alerts.append(
+            _alert(
+                "STALE_DATA",
+                "LOW",
+                "CLEARED",
+                provider,
+                symbol,
+                f"{provider} is updating {symbol} again",
+                now,
+                me["stale_since"],
+                last_update=now,
+            )
+        )
+    for name, p in providers.items():
+        expected = cfg.expected_interval(name)
+        if name == provider or p.get("stale") or now - p["ts"] <= cfg.stale_factor * expected:
+            continue
+        p["stale"], p["stale_since"] = True, p["ts"]
+        out.alerts.append(
+            _alert(
+                "STALE_DATA",
+                "HIGH",
+                "RAISED",
+                name,
+                symbol,
+                f"no update from {name} for {symbol} in {(now - p['ts']) / 1e9:.1f}s "
+                f"(expected every {expected / 1e9:g}s)",
+                now,
+                p["ts"],
+                last_update=p["ts"],
+                expected_frequency=f"{expected / 1e9:g}s",
+                observed=(now - p["ts"]) / 1e9,
+                reference=cfg.stale_factor * expected / 1e9,
+            )
+        )
+
+    fresh = [(p["price"], 1.0) for p in providers.values() if not p.get("stale") and p["price"]]
+    if fresh:
+        consensus = build_consensus([p for p, _ in fresh], [w for _, w in fresh], now)
+        if consensus is not None:
+            out.consensus[symbol] = consensus.to_record()
+
+    barlib.accumulate(
+        inst["bars"],
+        cfg.interval_widths,
+        provider,
+        cols.ts[trades],
+        cols.price[trades],
+        cols.volume[trades],
+    )
+    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns)
+    if nxt is not None:
+        clock["open"][symbol] = nxt
+    state[symbol] = inst
+    clock["t"] = max(clock["t"], now)
+    _close_partition_windows(state, clock, cfg, out, emitted_ns)
+    state[clock_key(partition)] = clock
+    return out
+
+
+class StagedWrites(MutableMapping[str, Any]):
+    """Reads through to the state and keeps writes aside: a failed step changes nothing."""
+
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.state = state
+        self.writes: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.writes[key] if key in self.writes else self.state[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.writes[key] if key in self.writes else self.state.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise NotImplementedError("the pipeline never deletes state keys")
+
+    def __iter__(self) -> Iterator[str]:
+        raise NotImplementedError("the pipeline never scans state")
+
+    def __len__(self) -> int:
+        raise NotImplementedError("the pipeline never counts state")
+
+
+@dataclass
+class MessageResult:
+    output: StepOutput
+    state_writes: dict[str, Any]
+
+
+def handle_raw_message(
+    value: bytes,
+    key: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    state: Mapping[str, Any],
+    cfg: PipelineConfig,
+    contracts: ContractSet,
+    emitted_ns: int,
+) -> MessageResult:
+    """One Kafka message of the raw topic, whatever its bytes: decoded and processed, or parked in
+    a dead letter with the reason. Never raises for bad input; state changes only on success."""
+
+    def parked(stage: str, reason: str) -> MessageResult:
+        record = dead_letter(
+            stage,
+            reason,
+            bytes(value or b""),
+            emitted_ns=emitted_ns,
+            key=key,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+        return MessageResult(StepOutput(dead_letters=[record]), {})
+
+    try:
+        _, batch = contracts.decode(value, RAW_BATCH)
+    except DecodeError as exc:
+        return parked("decode", str(exc))
+    staged = StagedWrites(state)
+    try:
+        out = process_batch(batch, staged, partition, cfg, emitted_ns, key=key)
+    except Exception as exc:  # a poison message must not stop the worker: park it, go on
+        log.exception("batch at %s[%d]@%d failed", topic, partition, offset)
+        return parked("process", f"{type(exc).__name__}: {exc}")
+    for record in out.dead_letters:
+        record.update(source_topic=topic, source_partition=partition, source_offset=offset)
+    return MessageResult(out, staged.writes)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    value: bytes
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+def recompute(
+    messages: Iterable[RawMessage], cfg: PipelineConfig, contracts: ContractSet
+) -> tuple[StepOutput, dict[str, Any], dict[str, Any]]:
+    """The whole raw topic in one pass, in partition/offset order: (outputs, state, consensus).
+
+    This is what streaming must have produced, exactly once, whatever happened to the workers.
+    """
+    total, state, consensus = StepOutput(), {}, {}
+    for m in sorted(messages, key=lambda m: (m.topic, m.partition, m.offset)):
+        result = handle_raw_message(
+            m.value, m.key, m.topic, m.partition, m.offset, state, cfg, contracts, emitted_ns=0
+        )
+        state.update(result.state_writes)
+        consensus.update(result.output.consensus)
+        total.bars += result.output.bars
+        total.alerts += result.output.alerts
+        total.dead_letters += result.output.dead_letters
+    return total, state, consensus

@@ -1,0 +1,93 @@
+"""Settings from the environment (`MDSTREAM_*`), read once per process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mdstream.processor import PipelineConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"MDSTREAM_{name}", default)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class Topics:
+    raw: str
+    normalized: str
+    alerts: str
+    dead_letter: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        """A prefix gives a deployment (or a test) its own set of topics on a shared cluster."""
+        return cls(
+            f"{prefix}md.raw.ticks",
+            f"{prefix}md.normalized.bars",
+            f"{prefix}md.quality.alerts",
+            f"{prefix}md.deadletter",
+        )
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.normalized, self.alerts, self.dead_letter)
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str
+    broker: str
+    store: str
+    processing_guarantee: str
+    partitions: int
+    data_dir: Path
+    web_host: str
+    web_port: int
+    commit_interval_s: float
+    transaction_timeout_ms: int
+    standby_replicas: int
+    schema_registry_url: str | None
+    topics: Topics
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port of the first broker, for non-faust clients."""
+        return self.broker.split("://", 1)[-1].split(";")[0].split(",")[0]
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        web_port = int(_env("WEB_PORT", "6066"))
+        default_data = REPO_ROOT / ".run" / "faust" / f"{socket.gethostname()}-{web_port}"
+        return cls(
+            app_id=_env("APP_ID", "mdstream"),
+            broker=_env("BROKER", f"kafka://127.0.0.1:{_env('KAFKA_PORT', '39092')}"),
+            store=_env("STORE", "rocksdict://"),
+            processing_guarantee=_env("PROCESSING_GUARANTEE", "exactly_once"),
+            partitions=int(_env("PARTITIONS", "4")),
+            data_dir=Path(_env("DATA_DIR", str(default_data))),
+            web_host=_env("WEB_HOST", "127.0.0.1"),
+            web_port=web_port,
+            commit_interval_s=float(_env("COMMIT_INTERVAL", "0.2")),
+            transaction_timeout_ms=int(_env("TRANSACTION_TIMEOUT_MS", "30000")),
+            standby_replicas=int(_env("STANDBY_REPLICAS", "0")),
+            schema_registry_url=os.environ.get("MDSTREAM_SCHEMA_REGISTRY_URL") or None,
+            topics=Topics.with_prefix(_env("TOPIC_PREFIX", "")),
+            pipeline=PipelineConfig(
+                intervals=_csv(_env("BAR_INTERVALS", "1s,1m")),
+                grace_ns=int(float(_env("GRACE_MS", "1000")) * 1e6),
+                provider_priority=_csv(_env("PROVIDER_PRIORITY", "alpaca,polygon,finnhub")),
+                outlier_rel=float(_env("OUTLIER_REL", "0.02")),
+            ),
+        )
+
+
+settings = Settings.from_env()

@@ -1,0 +1,1 @@
+"""Faust tables: the pipeline's RocksDB-backed, changelogged state."""
