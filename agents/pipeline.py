@@ -15,7 +15,7 @@ from mdstream.app import (
     raw_topic,
 )
 from mdstream.contracts import ALERT, DEAD_LETTER, NORMALIZED
-from mdstream.eos import processing_gate
+from mdstream.eos import process_exactly_once
 from mdstream.processor import handle_raw_message
 from mdstream.settings import settings
 from tables.state import consensus, pipeline_state
@@ -59,8 +59,4 @@ async def _handle(event: faust.EventT) -> None:
 
 @app.agent(raw_topic, concurrency=1)
 async def process_raw(stream: faust.StreamT) -> None:
-    """One event at a time under the processing gate, acked before the gate opens (mdstream.eos)."""
-    async for event in stream.events():
-        async with processing_gate(app):
-            await _handle(event)
-            event.ack()
+    await process_exactly_once(app, stream, _handle)

@@ -23,6 +23,24 @@ TransactionManager classes and the app's TableManager). What each closes:
 6. **Table offsets never persisted under EOS** (kept under the changelog partition, looked up under
    the source partition), so every restart replays whole changelogs. → `EosTableManager` persists
    them on commit of the co-partitioned source partition.
+7. **Changelog end read from a cache.** Under transactions faust takes the "highwater" of a
+   changelog from aiokafka's cached last stable offset, unknown (-1) until the partition is fetched:
+   a worker taking partitions over may skip restoring them, or crash. →
+   `BrokerOffsetsConsumerThread` asks the broker.
+8. **Acks forgotten at a rebalance.** faust's consumer drops the acked offsets of revoked
+   partitions (all of them, with eager rebalancing) *before* its pre-revocation commit, which so
+   commits nothing: partitions this worker keeps are rewound while their open transaction and
+   its tables already hold the rewound events, which then count twice. → `GatedConsumer`
+   commits and ends the transactions first, and no event is processed from then until the seek
+   that ends the rebalance. After it, an event is processed only at or beyond its partition's
+   next offset (`process_exactly_once`): what was fetched before the rewind and comes again is
+   dropped by offset, never by arrival time, which races with the fetcher.
+9. **Messages skipped but acked.** faust's stream acks messages it skips on its own (read while
+   flow is suspended, or from an older generation), and after a rewind its fetcher may fill the
+   "gap" to where it had read before with acks: both commit messages nobody processed. Its
+   "already read" filter then drops what a rewind fetches again. → `GatedConsumer` counts only
+   the acks `process_exactly_once` approves, never fills gaps, delivers every fetched message
+   (the agent drops duplicates by offset) and fetches a partition again when a hole shows.
 """
 
 from __future__ import annotations
@@ -30,15 +48,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
 from faust.tables.manager import TableManager
-from faust.transport.consumer import TransactionManager
+from faust.transport.consumer import TransactionManager, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
-from faust.types import TP
+from faust.types import TP, Message
 
 from mdstream.settings import settings as app_settings
 
@@ -82,7 +100,10 @@ class EosProducer(faust_aiokafka.Producer):
             self._transaction_producers[transactional_id] = producer
             self._trn_locks[transactional_id] = asyncio.Lock()
         async with self._trn_locks[transactional_id]:
-            await producer.begin_transaction()
+            # faust calls this for every assigned partition at each rebalance, also for those
+            # this worker kept and whose transaction is already open.
+            if not producer._txn_manager.is_in_transaction():
+                await producer.begin_transaction()
 
     async def commit_transactions(
         self,
@@ -175,8 +196,106 @@ class EosTransactionManager(TransactionManager):
         return True
 
 
+class BrokerOffsetsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """Ask the broker for the last stable offsets (gap 7).
+
+        Under transactions faust reads aiokafka's *cached* LSO, which is None until a partition
+        has been fetched since its assignment; recovery then sees a changelog "highwater" of -1
+        and either crashes (persisted offset ahead of it) or skips restoring the table.
+        `end_offsets` sends ListOffsets at the consumer's isolation level (read_committed).
+        """
+        return await self._ensure_consumer().end_offsets(partitions)
+
+
+class _NoReadOffsets(dict):
+    """faust's per-partition "last read offset", which it uses to drop messages it thinks it
+    has seen: always unknown here, so every fetched message reaches the agent (gap 9)."""
+
+    def __getitem__(self, tp: TP) -> None:
+        return None
+
+
 class GatedConsumer(faust_aiokafka.Consumer):
     """Commits happen only between events (see the module docstring, gap 1)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set while events may be processed: from the seek that ends a rebalance to the next
+        #: revocation.
+        self.processing_allowed = asyncio.Event()
+        #: Per owned source partition, the next offset to process (0: from the first one there
+        #: is). Set by the seek that ends a rebalance, advanced as events are processed.
+        self.next_offsets: dict[TP, int] = {}
+        self._refetching: dict[TP, int] = {}
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self._read_offset = _NoReadOffsets()
+
+    def _new_consumer_thread(self) -> BrokerOffsetsConsumerThread:
+        return BrokerOffsetsConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Stop processing and commit everything processed before any partition moves (gap 8)."""
+        self.processing_allowed.clear()
+        self.next_offsets = {}
+        if self.app.in_transaction:
+            self.stop_flow()
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+            await self.commit_and_end_transactions()
+        await super().on_partitions_revoked(revoked)
+
+    def approve_ack(self, message: Message) -> None:
+        self._approved = message
+
+    def ack(self, message: Message) -> bool:
+        """Only acks of events an agent processed count (gap 9).
+
+        faust's stream acks messages it skips on its own (read while flow is suspended, or from
+        an older generation); committing those would lose them.
+        """
+        if message is not getattr(self, "_approved", None):
+            return False
+        self._approved = None
+        return super().ack(message)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Never treat missing offsets as done (gap 9).
+
+        faust fills offset gaps (meant for transaction markers) with acks. After a rewind the
+        fetcher can jump ahead of the committed offset, and those "gaps" are messages nobody
+        processed. Our input topics are not transactional: a gap is never legitimate.
+        """
+
+    async def refetch(self, tp: TP, offset: int) -> None:
+        """Fetch `tp` again from `offset`: faust skipped messages we have not processed.
+
+        Messages already queued behind the hole arrive next; one seek per hole is enough.
+        """
+        if self._refetching.get(tp) == offset:
+            return
+        log.info("refetching %s from %d: messages were skipped", tp, offset)
+        self._refetching[tp] = offset
+        self._acked[tp] = []
+        self._acked_index[tp] = set()
+        await self.seek(tp, offset)
+
+    def processed(self, message: Message) -> None:
+        self.next_offsets[message.tp] = message.offset + 1
+        self._refetching.pop(message.tp, None)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        self.next_offsets = {ensure_TP(tp): max(offset or 0, 0) for tp, offset in committed.items()}
+
+        return committed
+
+    async def perform_seek(self) -> None:
+        """The seek that ends a rebalance: processing resumes from the committed offsets."""
+        await super().perform_seek()
+        self.processing_allowed.set()
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         async with processing_gate(self.app):
@@ -197,6 +316,39 @@ class EosTableManager(TableManager):
         for changelog_tp in [tp for tp in pending if tp.partition in committed]:
             store, offset = pending.pop(changelog_tp)
             store.set_persisted_offset(changelog_tp, offset)
+
+
+async def process_exactly_once(
+    app: faust.App, stream: faust.StreamT, handle: Callable[[faust.EventT], Awaitable[None]]
+) -> None:
+    """Run `handle` on each event of `stream` so that its effects commit exactly once.
+
+    Each event is handled under the processing gate and acked before the gate opens, so commits
+    fall between events. Nothing is handled during a rebalance. After it, each partition is
+    handled strictly in offset order from its committed offset: what arrives a second time is
+    dropped, and a hole (a message faust skipped on its own) makes the partition fetch again
+    from the first offset not yet handled.
+    """
+    consumer: GatedConsumer = app.consumer
+    async for event in stream.noack().events():
+        message = event.message
+        tp, offset = message.tp, message.offset
+        while True:
+            await consumer.processing_allowed.wait()
+            async with processing_gate(app):
+                if not consumer.processing_allowed.is_set():
+                    continue  # a rebalance began while we waited for the gate
+                expected = consumer.next_offsets.get(tp)
+                if expected is None or offset < expected:
+                    break  # not ours any more, or handled already
+                if offset > expected:
+                    await consumer.refetch(tp, expected)
+                    break
+                await handle(event)
+                consumer.approve_ack(message)
+                event.ack()
+                consumer.processed(message)
+                break
 
 
 def processing_gate(app: faust.App) -> asyncio.Lock:

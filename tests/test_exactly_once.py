@@ -13,6 +13,7 @@ import collections
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,19 @@ def _changelog_state(dep: Deployment, table: str) -> dict[str, Any]:
     return latest
 
 
+def _assert_same_bars(streamed: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    def by_window(bars: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+        return {(b["instrument"]["symbol"], b["interval"], b["window_start"]): b for b in bars}
+
+    got, want = by_window(streamed), by_window(expected)
+    diffs = [
+        f"{w}: streamed {got.get(w, {}).get('ohlcv')} expected {want.get(w, {}).get('ohlcv')}"
+        for w in sorted(set(got) | set(want))
+        if _strip(got.get(w, {})) != _strip(want.get(w, {}))
+    ]
+    assert not diffs, f"{len(diffs)} bars differ from the recomputation:\n" + "\n".join(diffs[:10])
+
+
 def _verify(dep: Deployment) -> dict[str, int]:
     topics = dep.settings.topics
     raw = read_all(dep.bootstrap, [topics.raw], idle_s=2)
@@ -78,9 +92,7 @@ def _verify(dep: Deployment) -> dict[str, int]:
     )
     twice = [w for w, n in windows.items() if n > 1]
     assert not twice, f"{len(twice)} bar windows emitted more than once, e.g. {twice[:3]}"
-    assert collections.Counter(map(_strip, bars)) == collections.Counter(
-        map(_strip, expected.bars)
-    ), "streamed bars differ from the recomputation"
+    _assert_same_bars(bars, expected.bars)
 
     alerts = by_contract[ALERT]
     assert len({a["eventId"] for a in alerts}) == len(alerts), "an alert was emitted twice"
@@ -101,10 +113,11 @@ def _verify(dep: Deployment) -> dict[str, int]:
 
 
 @pytest.fixture
-def deployment(services: Endpoints, tmp_path: Path) -> Deployment:
+def deployment(services: Endpoints, tmp_path: Path) -> Iterator[Deployment]:
     dep = Deployment(bootstrap=services.kafka_bootstrap, root=tmp_path)
     dep.create_topics()
-    return dep
+    yield dep
+    dep.kill_all()
 
 
 def test_sigkill_restarts_keep_exactly_once(deployment: Deployment) -> None:

@@ -38,6 +38,7 @@ class Deployment:
     partitions: int = 4
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
 
     def env(self, data_dir: Path, web_port: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -67,7 +68,14 @@ class Deployment:
         ensure_topics(self.bootstrap, (s.topics.raw, *s.topics.outputs()), self.partitions)
 
     def worker(self, name: str) -> Worker:
-        return Worker(name, self, self.root / name, free_port())
+        worker = Worker(name, self, self.root / name, free_port())
+        self.workers.append(worker)
+        return worker
+
+    def kill_all(self) -> None:
+        for worker in self.workers:
+            if worker.alive():
+                worker.kill()
 
     def committed_lag(self) -> int:
         """Messages of the raw topic not yet covered by the group's committed offsets."""
