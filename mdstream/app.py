@@ -37,6 +37,7 @@ app = MdstreamApp(
     web_bind=settings.web_host,
     web_host=settings.web_host,
     web_port=settings.web_port,
+    web_tables_enabled=True,  # /table/<name>/<key>/ for debugging; bound to loopback by default
     broker_commit_interval=settings.commit_interval_s,
     # A SIGKILLed member holds its partitions until its session expires: keep that short.
     broker_session_timeout=10.0,

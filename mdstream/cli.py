@@ -9,6 +9,7 @@ import sys
 # Each module exposes `register(subparsers)` that adds its sub-command(s) and sets `func`.
 _COMMAND_MODULES = [
     "mdstream.services.cli",
+    "mdstream.demo",
 ]
 
 
