@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(
-    os.environ.get("MDSTREAM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
+_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MDSTREAM_SHARED_DATA", _DEFAULT))
 
 
 def shared_path(*parts: str) -> Path:

@@ -13,6 +13,7 @@ import collections
 import json
 import random
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ def _assert_same_bars(streamed: list[dict[str, Any]], expected: list[dict[str, A
         if _strip(got.get(w, {})) != _strip(want.get(w, {}))
     ]
     assert not diffs, f"{len(diffs)} bars differ from the recomputation:\n" + "\n".join(diffs[:10])
+
+
+def _consensus_from_web_view(worker: Worker, symbols: list[str]) -> dict[str, Any]:
+    """What the worker's debugging web view (/table/<name>/<key>/) serves for these keys."""
+    served = {}
+    for symbol in symbols:
+        url = f"http://127.0.0.1:{worker.web_port}/table/consensus/{symbol}/"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            served[symbol] = json.loads(resp.read())
+    return served
 
 
 def _verify(dep: Deployment) -> dict[str, int]:
@@ -137,9 +148,13 @@ def test_sigkill_restarts_keep_exactly_once(deployment: Deployment) -> None:
     feed.join(120)
     assert feed.error is None and not feed.is_alive()
     deployment.wait_caught_up(timeout=240)
+    served = _consensus_from_web_view(worker, ["AAPL", "SPY", "NVDA"])
     assert worker.stop() == 0, worker.log_text()[-3000:]
     assert "unclean shutdown detected" in worker.log_text()
     summary = _verify(deployment)
+    assert served == {
+        k: v for k, v in _changelog_state(deployment, "consensus").items() if k in served
+    }, "the table web view disagrees with the committed table"
     print(f"\nSIGKILL x{len(kills)} (lag at kill {kills}): {summary}")
 
 
