@@ -32,9 +32,12 @@ _UNITS = {"s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 def interval_ns(label: str) -> int:
     """'1s' → 1e9, '5m' → 3e11: the labels used on topics and in events."""
     try:
-        return int(label[:-1]) * _UNITS[label[-1]]
+        width = int(label[:-1]) * _UNITS[label[-1]]
     except (KeyError, ValueError):
-        raise ValueError(f"bad bar interval {label!r}: use <n>s, <n>m or <n>h") from None
+        width = 0
+    if width <= 0:
+        raise ValueError(f"bad bar interval {label!r}: use <n>s, <n>m or <n>h with n > 0")
+    return width
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ into the `timestamp` (emission time) fields of output events.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import uuid
@@ -304,7 +305,9 @@ def process_batch(
     me = providers.setdefault(provider, {"price": None, "ts": 0, "stale": False})
     me["ts"] = max(me["ts"], now)
     if trades.any():
-        last = int(np.flatnonzero(trades)[np.argmax(cols.ts[trades])])
+        # The last trade to arrive at the latest timestamp, as the bar close takes it.
+        idx = np.flatnonzero(trades)
+        last = int(idx[np.flatnonzero(cols.ts[idx] == cols.ts[idx].max())[-1]])
         me["price"] = float(cols.price[last])
     if me.get("stale"):
         me["stale"] = False
@@ -376,10 +379,13 @@ class StagedWrites(MutableMapping[str, Any]):
         self.writes: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
-        return self.writes[key] if key in self.writes else self.state[key]
+        return self.writes[key] if key in self.writes else copy.deepcopy(self.state[key])
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.writes[key] if key in self.writes else self.state.get(key, default)
+        """Values read from the state are copies: the step may change them in place."""
+        if key in self.writes:
+            return self.writes[key]
+        return copy.deepcopy(self.state.get(key, default))
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.writes[key] = value

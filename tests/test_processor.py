@@ -261,12 +261,6 @@ def test_lone_provider_is_checked_against_its_own_last_price() -> None:
     assert out.alerts[0]["metrics"]["reference"] == 100.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a provider's last price is the FIRST-arrived of the trades sharing the batch's "
-    "max event time (np.argmax), while the bar's close is the LAST-arrived; consensus and the "
-    "next outlier reference use a price that is not the provider's latest",
-)
 def test_provider_last_price_is_the_last_arrived_trade_like_the_bar_close() -> None:
     state: dict[str, Any] = {}
     t = T + 500 * MS
@@ -386,12 +380,6 @@ def test_processing_failure_is_a_process_dead_letter_and_no_state_write(
     assert (d["source_topic"], d["source_partition"], d["source_offset"]) == ("md.raw", 2, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StagedWrites only stages top-level assignments; process_batch mutates the "
-    "nested dicts it read through from the state (bars, providers, instrument) in place, so a "
-    "step that fails midway leaves partial changes in a plain-dict state (recompute)",
-)
 def test_failure_after_accumulating_leaves_the_state_untouched(
     warm_state: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -409,12 +397,6 @@ def test_failure_after_accumulating_leaves_the_state_untouched(
     assert warm_state == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a batch parked with stage 'process' (here: batchId not a UUID, so the dead-letter "
-    "payload of its invalid tick cannot be built) still overwrites the instrument's "
-    "exchange/isin in a plain-dict state: StagedWrites does not isolate in-place mutation",
-)
 def test_parked_batch_does_not_change_instrument_reference_data(
     warm_state: dict[str, Any],
 ) -> None:
