@@ -50,7 +50,7 @@ from mdstream.processor import RawMessage, recompute
 from mdstream.services import Settings as ServiceSettings
 from mdstream.services import ensure_up
 from mdstream.services.kafka import KafkaService
-from mdstream.settings import Settings, Topics
+from mdstream.settings import Settings, Topics, deployment_env
 from mdstream.simulate import FeedMessage, FeedSpec, generate
 
 FAUST = str(Path(sys.executable).parent / "faust")
@@ -118,14 +118,8 @@ class Pipeline:
         ensure_topics(self.bootstrap, names, self.partitions)
 
     def start_worker(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            MDSTREAM_APP_ID=self.app_id,
-            MDSTREAM_TOPIC_PREFIX=f"{self.app_id}.",
-            MDSTREAM_BROKER=f"kafka://{self.bootstrap}",
-            MDSTREAM_PARTITIONS=str(self.partitions),
-            MDSTREAM_DATA_DIR=str(self.root / "data"),
-            MDSTREAM_WEB_PORT=str(free_port()),
+        env = deployment_env(
+            self.app_id, self.bootstrap, self.root / "data", free_port(), self.partitions
         )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException
 
 from mdstream.bus import committed_consumer, ensure_topics, publish
 from mdstream.contracts import ALERT, DEAD_LETTER, NORMALIZED, ContractSet
-from mdstream.settings import REPO_ROOT, Settings
+from mdstream.settings import REPO_ROOT, Settings, deployment_env
 from mdstream.simulate import FeedSpec, generate
 
 FAUST = str(Path(sys.executable).parent / "faust")
@@ -74,13 +74,8 @@ def run_demo(seconds: float, show_1s: set[str]) -> int:
     run_id = time.strftime("demo%Y%m%d%H%M%S")
     run_dir = REPO_ROOT / ".run" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(
-        os.environ,
-        MDSTREAM_BROKER=f"kafka://{endpoints.kafka_bootstrap}",
-        MDSTREAM_APP_ID=run_id,
-        MDSTREAM_TOPIC_PREFIX=f"{run_id}.",
-        MDSTREAM_DATA_DIR=str(run_dir / "worker"),
-    )
+    web_port = int(os.environ.get("MDSTREAM_WEB_PORT", "6066"))
+    env = deployment_env(run_id, endpoints.kafka_bootstrap, run_dir / "worker", web_port)
     os.environ.update(env)
     settings = Settings.from_env()
     topics = settings.topics

@@ -90,4 +90,28 @@ class Settings:
         )
 
 
+def deployment_env(
+    app_id: str,
+    bootstrap: str,
+    data_dir: Path,
+    web_port: int,
+    partitions: int | None = None,
+    base: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Environment for a worker of an isolated deployment on a shared broker: its own app id
+    (consumer group, transactional ids, changelogs), topics (prefixed by the app id) and data dir.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(
+        MDSTREAM_APP_ID=app_id,
+        MDSTREAM_TOPIC_PREFIX=f"{app_id}.",
+        MDSTREAM_BROKER=f"kafka://{bootstrap}",
+        MDSTREAM_DATA_DIR=str(data_dir),
+        MDSTREAM_WEB_PORT=str(web_port),
+    )
+    if partitions is not None:
+        env["MDSTREAM_PARTITIONS"] = str(partitions)
+    return env
+
+
 settings = Settings.from_env()

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from mdstream.bus import ensure_topics, publish
 from mdstream.contracts import ContractSet
-from mdstream.settings import Settings
+from mdstream.settings import Settings, deployment_env
 from mdstream.simulate import FeedSpec, generate
 
 FAUST = str(Path(sys.executable).parent / "faust")
@@ -41,16 +41,8 @@ class Deployment:
     workers: list[Worker] = field(default_factory=list)
 
     def env(self, data_dir: Path, web_port: int) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            MDSTREAM_APP_ID=self.app_id,
-            MDSTREAM_TOPIC_PREFIX=f"{self.app_id}.",
-            MDSTREAM_BROKER=f"kafka://{self.bootstrap}",
-            MDSTREAM_PARTITIONS=str(self.partitions),
-            MDSTREAM_DATA_DIR=str(data_dir),
-            MDSTREAM_WEB_PORT=str(web_port),
-            **self.extra_env,
-        )
+        env = deployment_env(self.app_id, self.bootstrap, data_dir, web_port, self.partitions)
+        env.update(self.extra_env)
         return env
 
     @property
