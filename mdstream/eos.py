@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -57,12 +58,14 @@ from faust.transport.consumer import TransactionManager, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
+from mode import Service
 
 from mdstream.settings import settings as app_settings
 
 log = logging.getLogger(__name__)
 
 UNCLEAN_MARK = "UNCLEAN_SHUTDOWN"
+REFETCH_PATIENCE_S = 5.0
 
 
 class DrainableBuffer(ProducerBuffer):
@@ -228,7 +231,7 @@ class GatedConsumer(faust_aiokafka.Consumer):
         #: Per owned source partition, the next offset to process (0: from the first one there
         #: is). Set by the seek that ends a rebalance, advanced as events are processed.
         self.next_offsets: dict[TP, int] = {}
-        self._refetching: dict[TP, int] = {}
+        self._refetching: dict[TP, tuple[int, float]] = {}
         self._approved: Message | None = None
 
     def _reset_state(self) -> None:
@@ -274,15 +277,36 @@ class GatedConsumer(faust_aiokafka.Consumer):
     async def refetch(self, tp: TP, offset: int) -> None:
         """Fetch `tp` again from `offset`: faust skipped messages we have not processed.
 
-        Messages already queued behind the hole arrive next; one seek per hole is enough.
+        Messages already queued behind the hole arrive next, so one seek per hole is enough,
+        unless it does not show up: then `_refetch_watchdog` seeks again.
         """
-        if self._refetching.get(tp) == offset:
+        if tp in self._refetching and self._refetching[tp][0] == offset:
             return
         log.info("refetching %s from %d: messages were skipped", tp, offset)
-        self._refetching[tp] = offset
+        self._refetching[tp] = (offset, time.monotonic())
         self._acked[tp] = []
         self._acked_index[tp] = set()
         await self.seek(tp, offset)
+
+    @Service.timer(REFETCH_PATIENCE_S / 2)
+    async def _refetch_watchdog(self) -> None:
+        """Seek again when a hole has not filled within REFETCH_PATIENCE_S."""
+        now = time.monotonic()
+        for tp, (offset, since) in list(self._refetching.items()):
+            if now - since < REFETCH_PATIENCE_S:
+                continue
+            async with processing_gate(self.app):
+                if not self.processing_allowed.is_set() or self.next_offsets.get(tp) != offset:
+                    self._refetching.pop(tp, None)  # a rebalance or progress resolved it
+                    continue
+                log.warning(
+                    "hole in %s at %d still open after %.0fs: seeking again",
+                    tp,
+                    offset,
+                    now - since,
+                )
+                self._refetching[tp] = (offset, time.monotonic())
+                await self.seek(tp, offset)
 
     def processed(self, message: Message) -> None:
         self.next_offsets[message.tp] = message.offset + 1

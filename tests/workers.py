@@ -86,8 +86,19 @@ class Deployment:
         deadline = time.monotonic() + timeout
         while (lag := self.committed_lag()) > 0:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.app_id}: {lag} raw messages still uncommitted")
+                self.dump_tasks()
+                raise TimeoutError(
+                    f"{self.app_id}: {lag} raw messages still uncommitted; task dumps in "
+                    + ", ".join(str(w.log_path) for w in self.workers)
+                )
             time.sleep(1)
+
+    def dump_tasks(self) -> None:
+        """Ask live workers for a stack dump of every asyncio task (mode: SIGUSR1 → log)."""
+        for worker in self.workers:
+            if worker.alive():
+                os.kill(worker.proc.pid, signal.SIGUSR1)
+        time.sleep(3)
 
 
 @dataclass
