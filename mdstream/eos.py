@@ -40,7 +40,9 @@ TransactionManager classes and the app's TableManager). What each closes:
    "gap" to where it had read before with acks: both commit messages nobody processed. Its
    "already read" filter then drops what a rewind fetches again. → `GatedConsumer` counts only
    the acks `process_exactly_once` approves, never fills gaps, delivers every fetched message
-   (the agent drops duplicates by offset) and fetches a partition again when a hole shows.
+   (the agent drops duplicates by offset) and fetches a partition again when a hole shows; a
+   watchdog does the same for a partition that has messages but makes no progress. faust's
+   own `seek` runs on the wrong thread and can be lost: ours runs on the client's thread.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ from mdstream.settings import settings as app_settings
 log = logging.getLogger(__name__)
 
 UNCLEAN_MARK = "UNCLEAN_SHUTDOWN"
-REFETCH_PATIENCE_S = 5.0
+STALL_PATIENCE_S = 5.0
 
 
 class DrainableBuffer(ProducerBuffer):
@@ -233,6 +235,7 @@ class GatedConsumer(faust_aiokafka.Consumer):
         self.next_offsets: dict[TP, int] = {}
         self._refetching: dict[TP, tuple[int, float]] = {}
         self._approved: Message | None = None
+        self._last_progress: dict[TP, float] = {}
 
     def _reset_state(self) -> None:
         super()._reset_state()
@@ -277,8 +280,8 @@ class GatedConsumer(faust_aiokafka.Consumer):
     async def refetch(self, tp: TP, offset: int) -> None:
         """Fetch `tp` again from `offset`: faust skipped messages we have not processed.
 
-        Messages already queued behind the hole arrive next, so one seek per hole is enough,
-        unless it does not show up: then `_refetch_watchdog` seeks again.
+        Messages already queued behind the hole arrive next, so one seek per hole is enough;
+        should it not take, `_progress_watchdog` seeks again.
         """
         if tp in self._refetching and self._refetching[tp][0] == offset:
             return
@@ -288,29 +291,55 @@ class GatedConsumer(faust_aiokafka.Consumer):
         self._acked_index[tp] = set()
         await self.seek(tp, offset)
 
-    @Service.timer(REFETCH_PATIENCE_S / 2)
-    async def _refetch_watchdog(self) -> None:
-        """Seek again when a hole has not filled within REFETCH_PATIENCE_S."""
+    @Service.timer(STALL_PATIENCE_S / 2)
+    async def _progress_watchdog(self) -> None:
+        """Seek a partition back to its next offset when it has messages but makes no progress.
+
+        A seek to the next offset is always safe (duplicates are dropped by offset), and it
+        unsticks a partition whose messages faust skipped or whose refetch did not take.
+        """
         now = time.monotonic()
-        for tp, (offset, since) in list(self._refetching.items()):
-            if now - since < REFETCH_PATIENCE_S:
+        if not self.processing_allowed.is_set():
+            self._last_progress.clear()
+            return
+        owned = [tp for tp in self.next_offsets if self.app.topics.acks_enabled_for(tp.topic)]
+        if not owned:
+            return  # changelogs are restored by recovery, not processed by agents
+        ends = await self.highwaters(*owned)  # from the broker: the client's cache may be empty
+        for tp in owned:
+            expected, end = self.next_offsets.get(tp), ends.get(tp)
+            if expected is None:
                 continue
-            async with processing_gate(self.app):
-                if not self.processing_allowed.is_set() or self.next_offsets.get(tp) != offset:
-                    self._refetching.pop(tp, None)  # a rebalance or progress resolved it
-                    continue
-                log.warning(
-                    "hole in %s at %d still open after %.0fs: seeking again",
-                    tp,
-                    offset,
-                    now - since,
-                )
-                self._refetching[tp] = (offset, time.monotonic())
-                await self.seek(tp, offset)
+            since = self._last_progress.setdefault(tp, now)
+            if end is None or end <= expected:
+                self._last_progress[tp] = now
+            elif now - since >= STALL_PATIENCE_S:
+                async with processing_gate(self.app):
+                    if self.processing_allowed.is_set() and self.next_offsets.get(tp) == expected:
+                        log.warning(
+                            "%s stalled at %d for %.0fs with %d messages after it: fetching again",
+                            tp,
+                            expected,
+                            now - since,
+                            end - expected,
+                        )
+                        self._refetching[tp] = (expected, now)
+                        await self.seek(tp, expected)
+                self._last_progress[tp] = time.monotonic()
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """Seek on the consumer's own thread (gap 9).
+
+        faust calls aiokafka's `seek` from the event loop's thread while the client runs in its
+        own thread: a fetch in flight can overwrite the new position, and the seek is lost.
+        """
+        thread = self._thread
+        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
 
     def processed(self, message: Message) -> None:
         self.next_offsets[message.tp] = message.offset + 1
         self._refetching.pop(message.tp, None)
+        self._last_progress[message.tp] = time.monotonic()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
