@@ -64,6 +64,13 @@ class StepOutput:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     consensus: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def add(self, other: StepOutput) -> None:
+        """Append another step's outputs (the latest consensus per instrument wins)."""
+        self.bars += other.bars
+        self.alerts += other.alerts
+        self.dead_letters += other.dead_letters
+        self.consensus.update(other.consensus)
+
 
 def clock_key(partition: int) -> str:
     """State key of a partition's stream clock (its own key per partition: one store spans many)."""
@@ -464,14 +471,11 @@ def recompute(
 
     This is what streaming must have produced, exactly once, whatever happened to the workers.
     """
-    total, state, consensus = StepOutput(), {}, {}
+    total, state = StepOutput(), {}
     for m in sorted(messages, key=lambda m: (m.topic, m.partition, m.offset)):
         result = handle_raw_message(
             m.value, m.key, m.topic, m.partition, m.offset, state, cfg, contracts, emitted_ns=0
         )
         state.update(result.state_writes)
-        consensus.update(result.output.consensus)
-        total.bars += result.output.bars
-        total.alerts += result.output.alerts
-        total.dead_letters += result.output.dead_letters
-    return total, state, consensus
+        total.add(result.output)
+    return total, state, total.consensus

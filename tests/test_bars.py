@@ -244,10 +244,7 @@ def _batch(
 def _feed(state: dict[str, Any], *batches: dict[str, Any]) -> StepOutput:
     total = StepOutput()
     for b in batches:
-        out = process_batch(b, state, 0, CFG, emitted_ns=0)
-        total.bars += out.bars
-        total.alerts += out.alerts
-        total.dead_letters += out.dead_letters
+        total.add(process_batch(b, state, 0, CFG, emitted_ns=0))
     return total
 
 

@@ -79,11 +79,7 @@ def batch(
 def run(state: dict[str, Any], batches: Iterable[dict[str, Any]]) -> StepOutput:
     total = StepOutput()
     for b in batches:
-        out = process_batch(b, state, 0, CFG, emitted_ns=0)
-        total.bars += out.bars
-        total.alerts += out.alerts
-        total.dead_letters += out.dead_letters
-        total.consensus.update(out.consensus)
+        total.add(process_batch(b, state, 0, CFG, emitted_ns=0))
     return total
 
 
