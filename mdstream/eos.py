@@ -43,6 +43,11 @@ TransactionManager classes and the app's TableManager). What each closes:
    (the agent drops duplicates by offset) and fetches a partition again when a hole shows; a
    watchdog does the same for a partition that has messages but makes no progress. faust's
    own `seek` runs on the wrong thread and can be lost: ours runs on the client's thread.
+10. **Rebalances waiting for acks that never come.** faust's revocation handler waits until every
+   message handed to a stream is acked; one our agent holds back for the rebalance to end (or
+   dropped by offset) never is, so the rebalance hung until it timed out and the worker was
+   expelled. → `GatedConsumer.wait_empty` takes the processing gate instead: agents ack under
+   it, so holding it means no event is half-processed.
 """
 
 from __future__ import annotations
@@ -350,6 +355,18 @@ class GatedConsumer(faust_aiokafka.Consumer):
         """The seek that ends a rebalance: processing resumes from the committed offsets."""
         await super().perform_seek()
         self.processing_allowed.set()
+
+    async def wait_empty(self) -> None:
+        """Wait for no event to be half-processed, then commit (gap 10).
+
+        faust waits here until every message handed to a stream is acked. Ours are acked under
+        the processing gate, so holding the gate is the same guarantee. The tracked messages
+        left are ones the agent holds back until the rebalance ends, or dropped by offset: never
+        acked, they would hold the rebalance until it times out and the worker is expelled.
+        """
+        async with processing_gate(self.app):
+            self._unacked_messages.clear()
+        await self.commit_and_end_transactions()
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         async with processing_gate(self.app):
