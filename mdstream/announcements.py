@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from mdstream.contracts import ANNOUNCEMENT, ContractSet
 from mdstream.corporate_actions import (
     FACTOR_TABLE_SCHEMA,
     ActionKind,
@@ -43,6 +44,7 @@ __all__ = [
     "action_from_record",
     "applied_event_record",
     "decide_announcement",
+    "decode_announcement",
     "event_key",
 ]
 
@@ -113,6 +115,15 @@ def action_from_record(record: Mapping[str, Any], *, received_at: datetime) -> A
     if not announcement_id:
         raise CorporateActionError("announcementId is required")
     return Announcement(announcement_id, action, record.get("isin"))
+
+
+def decode_announcement(
+    contracts: ContractSet, value: bytes | None, *, received_at: datetime
+) -> Announcement:
+    """Framed Avro bytes → announcement; raises DecodeError or CorporateActionError (whose
+    message is the dead-letter reason)."""
+    _, record = contracts.decode(value or b"", expected=ANNOUNCEMENT)
+    return action_from_record(record, received_at=received_at)
 
 
 def _same_terms(a: CorporateAction, b: CorporateAction) -> bool:
