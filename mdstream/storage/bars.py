@@ -183,12 +183,27 @@ async def ensure_partitions(
     return created
 
 
+_REVISION = BAR_COLUMNS.index("revision")
+
+
+def _latest_revisions(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per (instrument, window_start): the highest revision, the first on a tie (as
+    across batches, where only a higher revision replaces a stored bar)."""
+    kept: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for row in rows:
+        key = (row[0], row[1])
+        if key not in kept or row[_REVISION] > kept[key][_REVISION]:
+            kept[key] = row
+    return list(kept.values())
+
+
 async def write_bars(conn: asyncpg.Connection, freq: str, rows: Sequence[tuple[Any, ...]]) -> int:
     """Upsert bars (rows in :data:`BAR_COLUMNS` order) with COPY; returns rows inserted or
     replaced by a higher revision. Runs in (or opens) one transaction."""
     if not rows:
         return 0
     table = _table(freq)
+    rows = _latest_revisions(rows)
     async with conn.transaction():
         if await is_partitioned(conn, freq):
             await ensure_partitions(conn, freq, {r[1] for r in rows})
@@ -200,8 +215,7 @@ async def write_bars(conn: asyncpg.Connection, freq: str, rows: Sequence[tuple[A
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in BAR_COLUMNS[2:])
         status = await conn.execute(
             f"INSERT INTO {table} ({columns}) "
-            f"SELECT DISTINCT ON (instrument, window_start) {columns} FROM bars_staging "
-            "ORDER BY instrument, window_start, revision DESC "
+            f"SELECT {columns} FROM bars_staging "
             f"ON CONFLICT (instrument, window_start) DO UPDATE SET {updates}, "
             f"written_at = clock_timestamp() WHERE {table}.revision < EXCLUDED.revision"
         )
