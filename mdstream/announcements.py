@@ -48,6 +48,7 @@ __all__ = [
     "event_key",
 ]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: uuid5 namespace of CorporateActionAppliedEvent ids (derived from the audit key: a replay
 #: re-emits the same id).
 ANNOUNCEMENT_NAMESPACE = uuid.UUID("1c0f4f0e-7b1d-5b8e-9a59-3e1a1d3c0a11")
@@ -189,7 +190,7 @@ def applied_event_record(
     end = reference_date or action.ex_date - timedelta(days=1)
     return {
         "eventId": str(uuid.uuid5(ANNOUNCEMENT_NAMESPACE, audit_key)),
-        "timestamp": int(decided_at.timestamp() * 1_000_000) * 1000,
+        "timestamp": (decided_at - _EPOCH) // timedelta(microseconds=1) * 1000,
         "instrument": {"symbol": action.symbol, "isin": isin},
         "action": {
             "type": str(action.kind).upper(),

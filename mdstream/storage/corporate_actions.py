@@ -182,14 +182,14 @@ async def record_announcement(
     ``closes`` (``date``, ``close``) defaults to the instrument's daily bars stored in this
     database. One transaction; an advisory lock on the event serialises concurrent deciders.
     """
+    key = event_key(action)
     async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
         stored = await conn.fetchrow(
             "SELECT * FROM corporate_action_audit WHERE audit_key = $1", audit_key
         )
         if stored is not None:
             return _outcome_from_row(stored, new=False)
-        key = event_key(action)
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
         applied_rows = await conn.fetch(
             "SELECT * FROM corporate_action_audit WHERE event_key = $1 AND outcome = $2 "
             "ORDER BY recorded_at, audit_key",
