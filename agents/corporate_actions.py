@@ -14,6 +14,7 @@ Kafka and PostgreSQL commit separately, so each side is made exactly-once on its
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -36,6 +37,7 @@ from mdstream.settings import settings
 from mdstream.storage.corporate_actions import record_announcement
 from mdstream.storage.postgres import create_pool
 
+log = logging.getLogger(__name__)
 _pool: asyncpg.Pool | None = None
 
 
@@ -76,6 +78,8 @@ async def _handle(event: faust.EventT) -> None:
             announcement_id=announcement.announcement_id,
             isin=announcement.isin,
         )
+    if not outcome.new:
+        log.info("%s was recorded before (a replay): re-emitting its outcome", outcome.audit_key)
     if not outcome.applied:
         return  # duplicate, conflict, no reference close...: the audit trail says why
     assert outcome.price_factor is not None and outcome.volume_factor is not None

@@ -9,8 +9,9 @@ replay writes nothing to PostgreSQL and re-emits byte-identical events.
 
 from __future__ import annotations
 
+import random
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ import asyncpg
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from mdstream.announcements import applied_event_record
 from mdstream.bus import ensure_topics, read_all
 from mdstream.contracts import ANNOUNCEMENT, CORPORATE_ACTION, ContractSet
 from mdstream.services import Endpoints
 from mdstream.storage import bars as bar_store
+from mdstream.storage.corporate_actions import outcome_from_row
 from tests.pg import pg  # noqa: F401  (fixture)
 from tests.workers import Deployment, Worker
 
@@ -32,15 +35,17 @@ D1, D2, D3 = date(2024, 1, 2), date(2024, 1, 3), date(2024, 1, 4)
 PARTITIONS = 2
 
 
-def _announcement(n: int, kind: str, ex: date, source: str = "feed-a", **terms: Any) -> bytes:
+def _announcement(
+    n: int, type: str, ex: date, source: str = "feed-a", instrument: str = "X", **terms: Any
+) -> bytes:
     record = {
-        "announcementId": f"{source}/{n}",
+        "announcementId": f"{source}/{instrument}/{n}",
         "announced_at": None,
         "source": source,
-        "instrument_id": "X",
-        "symbol": "X",
+        "instrument_id": instrument,
+        "symbol": instrument,
         "isin": None,
-        "type": kind,
+        "type": type,
         "ratio": None,
         "amount": None,
         "currency": None,
@@ -187,3 +192,93 @@ async def test_agent_records_decides_and_emits_exactly_once(
     assert await _counts(pool) == counts == (5, 2)
     again = committed(topics.corporate_actions)
     assert len(again) == 4 and again[2:] == applied  # the same two records, field for field
+
+
+@pytest.mark.slow
+async def test_agent_survives_sigkill_exactly_once(
+    pg,  # noqa: F811
+    services: Endpoints,
+    tmp_path: Path,
+) -> None:
+    """Workers SIGKILLed while announcements flow: the database is ahead of Kafka after each
+    kill (its commits are per message, Kafka's every 0.2 s), yet every announcement has one
+    audit row and every applied one exactly one committed event, equal to the stored outcome."""
+    pool, schema = pg
+    rng = random.Random(5)
+    sessions = [date(2024, 1, 1) + timedelta(days=d) for d in range(400)]
+    rows, messages = [], []
+    for i in range(12):
+        symbol = f"S{i}"
+        for day in sessions:
+            start = datetime(day.year, day.month, day.day, 5, tzinfo=UTC)
+            rows.append((symbol, start, start, 50.0, 50.0, 50.0, 50.0, 1e3, None, 0, 0, None, []))
+        for n in range(30):
+            ex = sessions[1 + n * 13]
+            record = {"type": "CASH_DIVIDEND", "amount": 0.1 + n / 100, "currency": "USD"}
+            messages.append((symbol, _announcement(n, **record, ex=ex, instrument=symbol)))
+            if rng.random() < 0.2:  # a duplicate from another feed
+                messages.append(
+                    (symbol, _announcement(n, **record, ex=ex, instrument=symbol, source="feed-b"))
+                )
+    async with pool.acquire() as conn:
+        await bar_store.write_bars(conn, "1d", rows)
+    dep = Deployment(
+        services.kafka_bootstrap,
+        tmp_path,
+        partitions=PARTITIONS,
+        extra_env={
+            "MDSTREAM_POSTGRES_DSN": services.postgres_dsn,
+            "MDSTREAM_POSTGRES_SCHEMA": schema,
+        },
+    )
+    topics = dep.settings.topics
+    ensure_topics(
+        dep.bootstrap,
+        (topics.raw, *topics.outputs(), *topics.corporate_action_topics()),
+        PARTITIONS,
+    )
+    producer = Producer({"bootstrap.servers": dep.bootstrap})
+    for symbol, value in messages:
+        producer.produce(topics.announcements, value=value, key=symbol.encode())
+    assert producer.flush(30) == 0
+
+    async def audited() -> int:
+        return await pool.fetchval("SELECT count(*) FROM corporate_action_audit")
+
+    worker = dep.worker("w")
+    for kill_at in (len(messages) // 4, len(messages) // 2):
+        worker.start()
+        deadline = time.monotonic() + 120
+        while await audited() < kill_at:
+            assert worker.alive() and time.monotonic() < deadline, worker.log_text()[-3000:]
+            time.sleep(0.05)
+        worker.kill()
+    _run_until_caught_up(dep, worker, topics.announcements)
+
+    audit = await pool.fetch(
+        "SELECT * FROM corporate_action_audit WHERE outcome = 'applied' ORDER BY audit_key"
+    )
+    assert await audited() == len(messages)  # one row per offset (and the key is unique)
+    outcomes = await pool.fetch("SELECT outcome, count(*) FROM corporate_action_audit GROUP BY 1")
+    assert dict(outcomes) == {"applied": 12 * 30, "duplicate": len(messages) - 12 * 30}
+    events = [
+        CONTRACTS.decode(r.value)[1]
+        for r in read_all(dep.bootstrap, [topics.corporate_actions], idle_s=2)
+    ]
+    ids = [e["eventId"] for e in events]
+    assert len(ids) == len(set(ids)) == len(audit)  # each applied event exactly once
+    expected = {}
+    for row in audit:
+        outcome = outcome_from_row(row, new=False)
+        record = applied_event_record(
+            outcome.audit_key,
+            outcome.action,
+            price_factor=outcome.price_factor,  # type: ignore[arg-type]
+            volume_factor=outcome.volume_factor,  # type: ignore[arg-type]
+            reference_date=outcome.reference_date,
+            decided_at=outcome.recorded_at,
+        )
+        expected[record["eventId"]] = record
+    assert {e["eventId"]: e for e in events} == expected
+    replays = worker.log_text().count("was recorded before (a replay)")
+    print(f"\n{len(messages)} announcements, 2 SIGKILLs, {replays} replayed from the database")

@@ -41,6 +41,7 @@ from mdstream.storage.postgres import Migration
 __all__ = [
     "MIGRATIONS",
     "RecordedOutcome",
+    "outcome_from_row",
     "read_audit",
     "read_factor_table",
     "record_announcement",
@@ -151,7 +152,8 @@ def _action_from_row(row: Any) -> CorporateAction:
     )
 
 
-def _outcome_from_row(row: Any, *, new: bool) -> RecordedOutcome:
+def outcome_from_row(row: Any, *, new: bool) -> RecordedOutcome:
+    """An audit row (``SELECT *``) as the outcome it recorded."""
     return RecordedOutcome(
         audit_key=row["audit_key"],
         action=_action_from_row(row),
@@ -189,7 +191,7 @@ async def record_announcement(
             "SELECT * FROM corporate_action_audit WHERE audit_key = $1", audit_key
         )
         if stored is not None:
-            return _outcome_from_row(stored, new=False)
+            return outcome_from_row(stored, new=False)
         applied_rows = await conn.fetch(
             "SELECT * FROM corporate_action_audit WHERE event_key = $1 AND outcome = $2 "
             "ORDER BY recorded_at, audit_key",
@@ -244,7 +246,7 @@ async def record_announcement(
                 audit_key,
                 *(factor[c] for c in FACTOR_TABLE_SCHEMA),
             )
-        return _outcome_from_row(row, new=True)
+        return outcome_from_row(row, new=True)
 
 
 async def record_announcements(
