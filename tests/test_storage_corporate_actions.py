@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import UTC, date, datetime
 
 import asyncpg
@@ -14,13 +16,14 @@ from mdstream.corporate_actions import (
     DecisionCode,
     adjust,
 )
+from mdstream.services import Endpoints
 from mdstream.storage import bars as bar_store
 from mdstream.storage.corporate_actions import (
     read_audit,
     read_factor_table,
     record_announcement,
 )
-from mdstream.storage.postgres import all_migrations, migrate
+from mdstream.storage.postgres import all_migrations, create_pool, drop_schema, migrate
 from tests.pg import pg  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.services
@@ -176,3 +179,20 @@ async def test_point_in_time_reads_use_known_at(pg) -> None:  # noqa: F811
     assert closes(date(2024, 1, 31)) == [25.0, 24.5, 48.0, 47.0]  # the split only
     assert closes(late) == pytest.approx([25.0 * 0.98, 24.5, 48.0, 47.0])
     assert closes(datetime(2024, 1, 3, tzinfo=UTC)) == [50.0, 49.0, 48.0, 47.0]  # before the ex
+
+
+async def test_concurrent_starts_apply_each_migration_once(services: Endpoints) -> None:
+    """Several processes starting at once (workers, the sink, history readers) on an empty
+    schema: the advisory lock lets one migrate; the others find the work done."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    pools = []
+    try:
+        pools = await asyncio.gather(
+            *(create_pool(services.postgres_dsn, schema=schema) for _ in range(4))
+        )
+        rows = await pools[0].fetch("SELECT name FROM schema_migrations")
+        assert sorted(r["name"] for r in rows) == sorted(m.name for m in all_migrations())
+    finally:
+        for pool in pools:
+            await pool.close()
+        await drop_schema(services.postgres_dsn, schema)

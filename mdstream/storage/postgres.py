@@ -83,8 +83,10 @@ async def create_pool(
     if schema is not None:
         _check_schema(schema)
         conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        try:  # IF NOT EXISTS alone races with a concurrent creator: take the lock
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         finally:
             await conn.close()
         settings["search_path"] = schema
