@@ -181,7 +181,7 @@ async def bench_postgres(instruments: int, reads: int) -> None:
             symbol, date(2015, 1, 1), date(2025, 1, 1), "1d", "adjusted", schema=schema
         )
         print(
-            f"history.bars (sync, new pool + migrations check each call): {frame.height} bars "
+            f"history.bars (sync, a new connection each call): {frame.height} bars "
             f"in {(time.perf_counter() - t) * 1e3:.1f} ms"
         )
     finally:

@@ -85,7 +85,7 @@ def bars(
     """
 
     async def run() -> pl.DataFrame:
-        pool = await create_pool(dsn, schema=schema, max_size=1)
+        pool = await create_pool(dsn, schema=schema, max_size=1, read_only=True)
         try:
             return await bars_async(
                 pool, symbol, start, end, freq, adjustment, as_of, exchange_tz=exchange_tz

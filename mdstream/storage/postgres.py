@@ -73,15 +73,16 @@ async def create_pool(
     migrations: Sequence[Migration] | None = None,
     min_size: int = 1,
     max_size: int = 4,
+    read_only: bool = False,
 ) -> asyncpg.Pool:
     """A pool whose connections use ``schema`` (created if needed) with every migration applied.
 
-    ``migrations`` defaults to :func:`all_migrations`.
+    ``migrations`` defaults to :func:`all_migrations`. ``read_only``: create and migrate
+    nothing (readers may lack the privileges; a missing table is then a clear error).
     """
     dsn = dsn or default_dsn()
-    settings = {}
-    if schema is not None:
-        _check_schema(schema)
+    settings = {} if schema is None else {"search_path": _check_schema(schema)}
+    if schema is not None and not read_only:
         conn = await asyncpg.connect(dsn)
         try:  # IF NOT EXISTS alone races with a concurrent creator: take the lock
             async with conn.transaction():
@@ -89,10 +90,11 @@ async def create_pool(
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         finally:
             await conn.close()
-        settings["search_path"] = schema
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, server_settings=settings
     )
+    if read_only:
+        return pool
     try:
         async with pool.acquire() as conn:
             await migrate(conn, all_migrations() if migrations is None else migrations)
