@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,20 @@ async def _counts(pool: asyncpg.Pool) -> tuple[int, int]:
     return row["audit"], row["factors"]
 
 
+@pytest.fixture
+def deployments() -> Iterator[list[Deployment]]:
+    """Deployments whose workers are killed at the end, also when an assertion failed."""
+    made: list[Deployment] = []
+    yield made
+    for dep in made:
+        dep.kill_all()
+
+
 async def test_agent_records_decides_and_emits_exactly_once(
     pg,  # noqa: F811
     services: Endpoints,
     tmp_path: Path,
+    deployments: list[Deployment],
 ) -> None:
     pool, schema = pg
     start = datetime(2024, 1, 2, 5, tzinfo=UTC)  # D1 00:00 New York
@@ -132,6 +143,7 @@ async def test_agent_records_decides_and_emits_exactly_once(
             "MDSTREAM_POSTGRES_SCHEMA": schema,
         },
     )
+    deployments.append(dep)
     topics = dep.settings.topics
     names = (topics.raw, *topics.outputs(), *topics.corporate_action_topics())
     ensure_topics(dep.bootstrap, names, PARTITIONS)
@@ -199,6 +211,7 @@ async def test_agent_survives_sigkill_exactly_once(
     pg,  # noqa: F811
     services: Endpoints,
     tmp_path: Path,
+    deployments: list[Deployment],
 ) -> None:
     """Workers SIGKILLed while announcements flow: the database is ahead of Kafka after each
     kill (its commits are per message, Kafka's every 0.2 s), yet every announcement has one
@@ -231,6 +244,7 @@ async def test_agent_survives_sigkill_exactly_once(
             "MDSTREAM_POSTGRES_SCHEMA": schema,
         },
     )
+    deployments.append(dep)
     topics = dep.settings.topics
     ensure_topics(
         dep.bootstrap,
