@@ -21,7 +21,11 @@ class MdstreamApp(EosApp):
         # Outputs go to the input's partition number: every topic needs the same partition count.
         ensure_topics(
             settings.bootstrap,
-            (settings.topics.raw, *settings.topics.outputs()),
+            (
+                settings.topics.raw,
+                *settings.topics.outputs(),
+                *settings.topics.corporate_action_topics(),
+            ),
             settings.partitions,
         )
         await super().on_first_start()
@@ -62,5 +66,7 @@ raw_topic = _topic(settings.topics.raw)
 normalized_topic = _topic(settings.topics.normalized)
 alerts_topic = _topic(settings.topics.alerts)
 dead_letter_topic = _topic(settings.topics.dead_letter)
+announcements_topic = _topic(settings.topics.announcements)
+corporate_actions_topic = _topic(settings.topics.corporate_actions)
 
 contracts = ContractSet.load(contract_ids(settings))

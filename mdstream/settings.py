@@ -26,6 +26,8 @@ class Topics:
     normalized: str
     alerts: str
     dead_letter: str
+    announcements: str = "md.corporate_actions.announcements"
+    corporate_actions: str = "md.corporate_actions.applied"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -35,10 +37,16 @@ class Topics:
             f"{prefix}md.normalized.bars",
             f"{prefix}md.quality.alerts",
             f"{prefix}md.deadletter",
+            f"{prefix}md.corporate_actions.announcements",
+            f"{prefix}md.corporate_actions.applied",
         )
 
     def outputs(self) -> tuple[str, ...]:
         return (self.normalized, self.alerts, self.dead_letter)
+
+    def corporate_action_topics(self) -> tuple[str, ...]:
+        """Announcements in, CorporateActionAppliedEvent out (dead letters share the DLQ)."""
+        return (self.announcements, self.corporate_actions)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,10 @@ class Settings:
     schema_registry_url: str | None
     topics: Topics
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    #: PostgreSQL for the storage agents (corporate actions); None: those agents do not run.
+    postgres_dsn: str | None = None
+    #: Schema the storage agents use (None: the server's search_path); isolates tests.
+    postgres_schema: str | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -87,6 +99,8 @@ class Settings:
                 provider_priority=_csv(_env("PROVIDER_PRIORITY", "alpaca,polygon,finnhub")),
                 outlier_rel=float(_env("OUTLIER_REL", "0.02")),
             ),
+            postgres_dsn=os.environ.get("MDSTREAM_POSTGRES_DSN") or None,
+            postgres_schema=os.environ.get("MDSTREAM_POSTGRES_SCHEMA") or None,
         )
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mdstream.contracts import (
     ALERT,
+    ANNOUNCEMENT,
     CONTRACTS,
     CORPORATE_ACTION,
     DEAD_LETTER,
@@ -146,6 +147,21 @@ RECORDS: dict[str, dict[str, Any]] = {
             "observed": 2.4,
             "reference": 2.0,
         },
+    },
+    ANNOUNCEMENT: {
+        "announcementId": "feed-a/2024-0042",
+        "announced_at": NS,
+        "source": "feed-a",
+        "instrument_id": "AAPL",
+        "symbol": "AAPL",
+        "isin": "US0378331005",
+        "type": "CASH_DIVIDEND",
+        "ratio": None,
+        "amount": 0.24,
+        "currency": "USD",
+        "ex_date": "2024-05-10",
+        "record_date": "2024-05-13",
+        "new_symbol": None,
     },
     DEAD_LETTER: {
         "timestamp": NS,

@@ -1,0 +1,1 @@
+"""PostgreSQL at the edge: connections, schema migrations, and the tables mdstream writes."""
