@@ -1,1 +1,1 @@
-"""Pure parsing of provider wire formats into raw tick records: no I/O, no Faust."""
+"""Pure provider parsing: frames, files and SDK objects in; raw tick and bar records out. No I/O."""

@@ -1,8 +1,8 @@
-"""What every provider parser returns (the contract agreed between the ingestion modules).
+"""What every provider parser returns (agreed interface of the two ingestion sides, issue #4).
 
-A parser turns one provider frame into ticks, bars, control messages (handshake, subscription
-acknowledgements, pings) and errors. It never raises: a frame it cannot use becomes a FrameError
-with the reason, so the connection keeps going and the bytes end up in the dead-letter topic.
+A parser turns one provider frame (or file chunk, or SDK object) into ticks, bars, control
+messages and errors, and never raises: bad input becomes a `FrameError` that the I/O edge
+dead-letters, so one garbage frame never takes a connection down.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ProviderTick:
-    """One raw tick (a dict matching the Avro `RawTick` record) with its provider and symbol."""
+    """A raw tick (`RawTick` of schemas/RawMarketDataBatch.avsc) with its symbol and source."""
 
     provider: str
     symbol: str
@@ -22,7 +22,7 @@ class ProviderTick:
 
 @dataclass(frozen=True)
 class ProviderBar:
-    """An OHLCV bar as the provider computed it, stamped at its interval start (epoch ns UTC)."""
+    """A provider's own OHLCV bar, stamped at its interval start (epoch ns UTC)."""
 
     provider: str
     symbol: str
@@ -33,13 +33,13 @@ class ProviderBar:
     low: float
     close: float
     volume: float
-    trade_count: int | None
-    vwap: float | None
+    trade_count: int | None = None
+    vwap: float | None = None
 
 
 @dataclass(frozen=True)
 class FrameError:
-    """A frame (or one element of it) that could not be parsed; `payload` has secrets removed."""
+    """A frame that could not be parsed; `payload` has secrets removed."""
 
     provider: str
     reason: str
@@ -52,3 +52,9 @@ class ParseResult:
     errors: list[FrameError] = field(default_factory=list)
     bars: list[ProviderBar] = field(default_factory=list)
     control: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: ParseResult) -> None:
+        self.ticks += other.ticks
+        self.errors += other.errors
+        self.bars += other.bars
+        self.control += other.control
