@@ -163,6 +163,11 @@ class Emulator:
     def ws_base(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    async def inject(self, text: str) -> None:
+        """Send one scripted frame to every open connection."""
+        for conn in list(self.active):
+            await conn.send(text)
+
     # --- streaming ----------------------------------------------------------------------------
 
     def encode(self, ticks: list[SentTick], sentinel: bool) -> str:

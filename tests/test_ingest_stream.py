@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from mdstream.ingest.connection import Backoff, FatalFeedError, FeedProtocol, We
 from mdstream.ingest.finnhub import FinnhubFeed, FinnhubRest
 from mdstream.ingest.http import RestAuthError
 from mdstream.ingest.polygon import PolygonFeed
+from mdstream.ingest.protocols import Breaker
 from mdstream.providers.base import ProviderTick
 from mdstream.services import Endpoints
 from mdstream.settings import Topics
@@ -107,10 +109,13 @@ async def stream(
     protocol: FeedProtocol | None = None,
     done: Callable[[WebSocketFeed], bool] | None = None,
     policy: BatchPolicy | None = None,
+    breaker: Breaker | None = None,
 ) -> WebSocketFeed:
     """Run a feed until the emulator has sent its budget and the feed has seen it all."""
     batcher = RawBatcher(bootstrap, topics.raw, topics.dead_letter, CONTRACTS, policy)
-    feed = WebSocketFeed(protocol or protocol_for(emu), batcher, backoff=FAST, seed=3)
+    feed = WebSocketFeed(
+        protocol or protocol_for(emu), batcher, backoff=FAST, seed=3, breaker=breaker
+    )
     await feed.subscribe(SYMBOLS)
     task = asyncio.create_task(feed.run())
     seen = -1
@@ -204,6 +209,102 @@ async def test_heartbeat_stall_triggers_a_reconnect(services: Endpoints, topics:
 
     assert emu.connections == 2 and feed.health().reconnects == 1
     assert Counter(got.ticks) == Counter(emu.sent) and len(emu.sent) == 150
+
+
+class RecordingBreaker:
+    """A Breaker that refuses the first `deny` calls and records what it is told."""
+
+    def __init__(self, deny: int) -> None:
+        self.deny = deny
+        self.calls: list[str] = []
+
+    async def allow(self) -> bool:
+        self.calls.append("allow")
+        if self.deny:
+            self.deny -= 1
+            return False
+        return True
+
+    async def record_success(self) -> None:
+        self.calls.append("success")
+
+    async def record_failure(self, reason: str) -> None:
+        self.calls.append(f"failure: {reason}")
+
+
+@pytest.mark.services
+async def test_breaker_is_asked_before_every_connection_and_told_the_outcome(
+    services: Endpoints, topics: Topics
+) -> None:
+    breaker = RecordingBreaker(deny=2)
+    faults = Faults(disconnect_after_frames=5)
+    async with AlpacaEmulator(api_key=KEY, budget=60, faults=faults) as emu:
+        feed = await stream(emu, services.kafka_bootstrap, topics, breaker=breaker)
+    got = read_back(services.kafka_bootstrap, topics)
+    assert breaker.calls[:5] == ["allow", "allow", "allow", "success", breaker.calls[4]]
+    assert breaker.calls[4].startswith("failure: FeedError: server closed the connection")
+    assert breaker.calls[5:] == ["allow", "success"]
+    assert emu.connections == 2 and feed.health().reconnects == 3  # 2 refusals + 1 drop
+    assert Counter(got.ticks) == Counter(emu.sent)
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    backoff = Backoff(base_s=0.1, cap_s=2.0)
+    rng = random.Random(5)
+    for attempt in range(12):
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        bound = min(2.0, 0.1 * 2**attempt)
+        assert all(0 <= d <= bound for d in delays)
+        assert max(delays) > 0.8 * bound and min(delays) < 0.2 * bound  # spread, not lockstep
+
+
+@pytest.mark.services
+async def test_live_unsubscribe_rate_and_error_frames_keep_the_connection(
+    services: Endpoints, topics: Topics
+) -> None:
+    async with AlpacaEmulator(api_key=KEY, frame_interval_s=0.01) as emu:
+        batcher = RawBatcher(services.kafka_bootstrap, topics.raw, topics.dead_letter, CONTRACTS)
+        feed = WebSocketFeed(protocol_for(emu), batcher, backoff=FAST)
+        await feed.subscribe(SYMBOLS)
+        task = asyncio.create_task(feed.run())
+        await feed.wait_connected(5)
+        await feed.unsubscribe(["MSFT"])
+        await feed.subscribe(["TSLA"])
+        while [sorted(c.symbols) for c in emu.active] != [["AAPL", "NVDA", "TSLA"]]:
+            await asyncio.sleep(0.05)
+        correction = {
+            "T": "c",
+            "S": "AAPL",
+            "x": "V",
+            "oi": 7,
+            "op": 100.0,
+            "os": 10,
+            "oc": ["@"],
+            "ci": 8,
+            "cp": 100.5,
+            "cs": 10,
+            "cc": ["@"],
+            "z": "C",
+            "t": "2025-11-24T16:00:00.123456789Z",
+        }
+        await emu.inject(json.dumps([correction]))
+        await emu.inject(json.dumps([{"T": "error", "code": 400, "msg": "invalid syntax"}]))
+        await emu.inject('{"type":"error","msg":"not alpaca at all"}')
+        await asyncio.sleep(2.2)
+        rate = feed.message_rate()
+        health = feed.health()
+        await feed.stop()
+        await task
+        await batcher.close()
+    assert rate > 10  # ~100 frames/s are sent
+    got = read_back(services.kafka_bootstrap, topics)
+    correction_letter, garbage_letter = got.dead_letters
+    assert "trade correction" in correction_letter["reason"]
+    assert json.loads(correction_letter["payload"])["ci"] == 8
+    assert "not a JSON array" in garbage_letter["reason"]
+    assert "TSLA" in {t.symbol for t in got.ticks}
+    assert Counter(got.ticks) == Counter(emu.sent)
+    assert health.connected and health.reconnects == 0  # a rejected request is not a failure
 
 
 # --- refusals: clear error, no retry storm ---------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,18 +16,29 @@ from mdstream.ingest.protocols import Limiter, NoLimit
 from mdstream.providers import alpaca
 from mdstream.providers.base import ParseResult
 
+log = logging.getLogger(__name__)
+
 WS_URL = "wss://stream.data.alpaca.markets/v2/iex"
 REST_URL = "https://data.alpaca.markets"
 KEY_NAME, SECRET_NAME = "ALPACA_API_KEY", "ALPACA_API_SECRET"
 FREQ_TO_TIMEFRAME = {v: k for k, v in alpaca.TIMEFRAMES.items()}
 
 
+# A request the server rejected on a healthy connection: reconnecting would only repeat it.
+REQUEST_ERRORS = frozenset({400, 410})
+
+
 def _raise_for_error(control: dict[str, Any]) -> None:
+    """Fatal codes stop the feed, request errors are logged, the rest (401 not authenticated,
+    404 auth timeout, 407 slow client, 500) reconnect."""
     if control["type"] != "error":
         return
     text = f"alpaca error {control['code']}: {control['message']}"
     if control["fatal"]:
         raise FatalFeedError(text)
+    if control["code"] in REQUEST_ERRORS:
+        log.warning(text)
+        return
     raise FeedError(text)
 
 

@@ -15,7 +15,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from mdstream.ingest.protocols import AlwaysClosed, Breaker, ConnectionHealth, T
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar
 
 log = logging.getLogger(__name__)
+RATE_WINDOW_S = 10
 
 
 class FeedError(Exception):
@@ -95,6 +97,7 @@ class WebSocketFeed:
         backoff: Backoff | None = None,
         session: aiohttp.ClientSession | None = None,
         seed: int | None = None,
+        on_bar: Callable[[ProviderBar], None] | None = None,
     ) -> None:
         self.protocol = protocol
         self.provider = protocol.provider
@@ -102,13 +105,15 @@ class WebSocketFeed:
         self.breaker = breaker or AlwaysClosed()
         self.backoff = backoff or Backoff()
         self.fatal: FatalFeedError | None = None
-        self.bars: list[ProviderBar] = []  # provider bars seen (not published: no raw contract)
+        # Provider-computed bars have no place on the raw tick topic; a caller may want them.
+        self.on_bar = on_bar
         self._session = session
         self._rng = random.Random(seed)
         self._symbols: set[str] = set()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._stopping = asyncio.Event()
         self._health = ConnectionHealth(False, None, 0, 0, 0)
+        self._per_second: deque[list[int]] = deque(maxlen=RATE_WINDOW_S + 1)  # [second, frames]
         self._connected_event = asyncio.Event()
 
     # --- StreamAdapter ------------------------------------------------------------------------
@@ -116,6 +121,12 @@ class WebSocketFeed:
     def health(self) -> ConnectionHealth:
         h = self._health
         return ConnectionHealth(h.connected, h.last_message_ns, h.messages, h.errors, h.reconnects)
+
+    def message_rate(self) -> float:
+        """Frames per second over the last RATE_WINDOW_S whole seconds."""
+        now = int(time.monotonic())
+        recent = sum(n for second, n in self._per_second if now - RATE_WINDOW_S <= second < now)
+        return recent / RATE_WINDOW_S
 
     async def subscribe(self, symbols: Iterable[str]) -> None:
         new = sorted(set(symbols) - self._symbols)
@@ -253,7 +264,10 @@ class WebSocketFeed:
             self._health.errors += 1
             metrics.FRAME_ERRORS.labels(self.provider).inc()
             await self.sink.dead_letter(self._redacted_error(error))
-        self.bars += result.bars
+        metrics.BARS.labels(self.provider).inc(len(result.bars))
+        if self.on_bar is not None:
+            for bar in result.bars:
+                self.on_bar(bar)
         controls = []
         for control in result.control:
             if "unapplied" in control:  # parsed, but the raw contract cannot carry it
@@ -278,6 +292,11 @@ class WebSocketFeed:
     # --- bookkeeping --------------------------------------------------------------------------
 
     def _touch(self) -> None:
+        second = int(time.monotonic())
+        if self._per_second and self._per_second[-1][0] == second:
+            self._per_second[-1][1] += 1
+        else:
+            self._per_second.append([second, 1])
         now = time.time_ns()
         self._health.last_message_ns = now
         metrics.LAST_MESSAGE.labels(self.provider).set(now / 1e9)

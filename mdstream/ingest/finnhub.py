@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 import aiohttp
 
 from mdstream.ingest import http
-from mdstream.ingest.connection import FeedError, Handshake
-from mdstream.ingest.credentials import read_secret
+from mdstream.ingest.connection import Handshake
+from mdstream.ingest.credentials import read_secret, redact_text
 from mdstream.ingest.protocols import Limiter, NoLimit
 from mdstream.providers import finnhub
 from mdstream.providers.base import ParseResult
+
+log = logging.getLogger(__name__)
 
 WS_URL = "wss://ws.finnhub.io"
 REST_URL = "https://finnhub.io/api/v1"
@@ -54,8 +57,10 @@ class FinnhubFeed:
         return [finnhub.unsubscribe_message(s) for s in symbols]
 
     def check_control(self, control: dict[str, Any]) -> None:
+        # Finnhub reports request errors (too many symbols, bad message) on a healthy
+        # connection: reconnecting would only repeat them.
         if control["type"] == "error":
-            raise FeedError(f"finnhub error: {control['message']}")
+            log.warning("finnhub error: %s", redact_text(control["message"], self.secrets()))
 
 
 class FinnhubRest:

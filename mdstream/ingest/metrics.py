@@ -47,3 +47,8 @@ RATE_LIMITED = Counter(
     "HTTP 429 answers from a provider",
     ["provider", "endpoint"],
 )
+BARS = Counter(
+    "mdstream_ingest_provider_bars_total",
+    "Bars computed by the provider (not published)",
+    ["provider"],
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,15 +11,21 @@ from mdstream.ingest.credentials import read_secret
 from mdstream.providers import polygon
 from mdstream.providers.base import ParseResult
 
+log = logging.getLogger(__name__)
+
 WS_URL = "wss://socket.polygon.io/stocks"
 KEY_NAME = "POLYGON_API_KEY"
 
 
 def _raise_for_status(control: dict[str, Any]) -> None:
+    """Fatal statuses stop the feed; `auth_timeout` means the server is closing: reconnect.
+    Other statuses (`success` acks, `error` for a bad request) leave the connection up."""
     if control["fatal"]:
         raise FatalFeedError(f"polygon {control['status']}: {control['message']}")
-    if control["status"] in ("error", "auth_timeout"):
+    if control["status"] == "auth_timeout":
         raise FeedError(f"polygon {control['status']}: {control['message']}")
+    if control["status"] == "error":
+        log.warning("polygon error: %s", control["message"])
 
 
 @dataclass
