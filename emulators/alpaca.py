@@ -56,7 +56,7 @@ class AlpacaEmulator(Emulator):
         return f"{self.ws_base}/v2/iex"
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(autoping=True)
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         self.connections += 1
         conn = Connection(ws)

@@ -201,7 +201,13 @@ class Emulator:
         beats = self._spawn(self._heartbeats(conn))
         try:
             async for msg in conn.ws:
-                if msg.type != WSMsgType.TEXT or not await on_message(conn, msg.data):
+                if msg.type == WSMsgType.PING:
+                    if not conn.stalled:  # a stalled server answers nothing, pings included
+                        async with conn.lock:
+                            await conn.ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    continue
+                elif msg.type != WSMsgType.TEXT or not await on_message(conn, msg.data):
                     break
         finally:
             sender.cancel()

@@ -38,7 +38,7 @@ class FinnhubEmulator(Emulator):
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("token") != self.api_key:
             return web.Response(status=401, text="Unauthorized")
-        ws = web.WebSocketResponse(autoping=True)
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         self.connections += 1
         await self.serve(Connection(ws), self._on_message)

@@ -28,7 +28,7 @@ class PolygonEmulator(Emulator):
         return f"{self.ws_base}/stocks"
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(autoping=True)
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
         self.connections += 1
         conn = Connection(ws)

@@ -307,6 +307,24 @@ async def test_live_unsubscribe_rate_and_error_frames_keep_the_connection(
     assert health.connected and health.reconnects == 0  # a rejected request is not a failure
 
 
+@pytest.mark.services
+async def test_a_quiet_but_live_feed_is_kept(services: Endpoints, topics: Topics) -> None:
+    """No data and no server heartbeats: our pings are answered, so the connection stays."""
+    async with PolygonEmulator(api_key=KEY, budget=20, heartbeat_s=60) as emu:
+        batcher = RawBatcher(services.kafka_bootstrap, topics.raw, topics.dead_letter, CONTRACTS)
+        feed = WebSocketFeed(protocol_for(emu, heartbeat_timeout_s=0.4), batcher, backoff=FAST)
+        await feed.subscribe(SYMBOLS)
+        task = asyncio.create_task(feed.run())
+        await feed.wait_connected(5)
+        await asyncio.sleep(2.0)  # five heartbeat timeouts of silence after the 20 ticks
+        health = feed.health()
+        await feed.stop()
+        await task
+        await batcher.close()
+    assert emu.script.exhausted()
+    assert health.connected and health.reconnects == 0 and emu.connections == 1
+
+
 # --- refusals: clear error, no retry storm ---------------------------------------------------
 
 

@@ -227,15 +227,27 @@ class WebSocketFeed:
             await ws.close()
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> str | bytes | None:
-        """The next data frame; answers pings; None on a close; FeedError on a stall."""
+        """The next data frame; None on a close by stop(); FeedError on a stall.
+
+        Liveness is any frame: data, a provider heartbeat, a ping, or the pong to a ping we send
+        after half the heartbeat timeout of silence. A quiet but healthy feed answers the ping;
+        a stalled one answers nothing and is reconnected.
+        """
+        timeout = self.protocol.heartbeat_timeout_s
+        deadline = time.monotonic() + timeout
+        pinged = False
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                msg = await ws.receive(timeout=self.protocol.heartbeat_timeout_s)
+                msg = await ws.receive(timeout=max(0.001, remaining if pinged else remaining / 2))
             except TimeoutError:
-                raise FeedError(
-                    f"no frame or heartbeat for {self.protocol.heartbeat_timeout_s} s"
-                ) from None
+                if pinged or time.monotonic() >= deadline:
+                    raise FeedError(f"no frame, heartbeat or pong for {timeout} s") from None
+                await ws.ping()
+                pinged = True
+                continue
             self._touch()
+            deadline, pinged = time.monotonic() + timeout, False
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 return msg.data
             if msg.type == aiohttp.WSMsgType.PING:
