@@ -35,7 +35,7 @@ from mdstream.ingest.finnhub import FinnhubFeed, FinnhubRest
 from mdstream.ingest.http import RestAuthError
 from mdstream.ingest.polygon import PolygonFeed
 from mdstream.ingest.protocols import Breaker
-from mdstream.providers.base import ProviderTick
+from mdstream.providers.base import ProviderBar, ProviderTick
 from mdstream.services import Endpoints
 from mdstream.settings import Topics
 
@@ -323,6 +323,50 @@ async def test_a_quiet_but_live_feed_is_kept(services: Endpoints, topics: Topics
         await batcher.close()
     assert emu.script.exhausted()
     assert health.connected and health.reconnects == 0 and emu.connections == 1
+
+
+@pytest.mark.services
+async def test_polygon_minute_aggregates_reach_the_bar_callback(
+    services: Endpoints, topics: Topics
+) -> None:
+    bars: list[ProviderBar] = []
+    async with PolygonEmulator(api_key=KEY, budget=0) as emu:
+        batcher = RawBatcher(services.kafka_bootstrap, topics.raw, topics.dead_letter, CONTRACTS)
+        feed = WebSocketFeed(protocol_for(emu), batcher, backoff=FAST, on_bar=bars.append)
+        await feed.subscribe(["MSFT"])
+        task = asyncio.create_task(feed.run())
+        await feed.wait_connected(5)
+        aggregate = {
+            "ev": "AM",
+            "sym": "MSFT",
+            "v": 4110,
+            "av": 9470157,
+            "op": 410.0,
+            "vw": 411.2,
+            "o": 411.0,
+            "c": 411.5,
+            "h": 411.9,
+            "l": 410.8,
+            "a": 410.5,
+            "z": 68,
+            "s": 1764000000000,
+            "e": 1764000060000,
+        }
+        await emu.inject(json.dumps([aggregate]))
+        while not bars:
+            await asyncio.sleep(0.02)
+        await feed.stop()
+        await task
+        await batcher.close()
+    (bar,) = bars
+    assert (bar.symbol, bar.interval, bar.start_ns, bar.close, bar.vwap) == (
+        "MSFT",
+        "1m",
+        1764000000000 * 10**6,
+        411.5,
+        411.2,
+    )
+    assert emu.subscribe_requests == [["MSFT"]]
 
 
 # --- refusals: clear error, no retry storm ---------------------------------------------------
