@@ -76,10 +76,12 @@ class FeedProtocol(Protocol):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Full-jitter exponential backoff: a uniform delay in [0, min(cap, base·2^attempt)]."""
+    """Full-jitter exponential backoff: a uniform delay in [0, min(cap, base·2^attempt)].
+    The attempt count starts afresh after a connection that stayed up `reset_after_s`."""
 
     base_s: float = 0.5
     cap_s: float = 30.0
+    reset_after_s: float = 10.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(attempt, 30)))
@@ -115,6 +117,7 @@ class WebSocketFeed:
         self._health = ConnectionHealth(False, None, 0, 0, 0)
         self._per_second: deque[list[int]] = deque(maxlen=RATE_WINDOW_S + 1)  # [second, frames]
         self._connected_event = asyncio.Event()
+        self._connected_at = 0.0
 
     # --- StreamAdapter ------------------------------------------------------------------------
 
@@ -160,8 +163,7 @@ class WebSocketFeed:
                 else:
                     try:
                         await self._connect_and_stream(session)
-                        attempt = 0  # a clean close after a good session
-                        reason = "closed by server"
+                        break  # returns only when stopping
                     except FatalFeedError as exc:
                         self.fatal = exc
                         await self.breaker.record_failure(str(exc))
@@ -170,8 +172,9 @@ class WebSocketFeed:
                     except (FeedError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                         reason = self._redacted(f"{type(exc).__name__}: {exc}")
                         await self.breaker.record_failure(reason)
-                    if self._health.connected:
-                        attempt = 0  # the last session was good: start the backoff afresh
+                    up_s = time.monotonic() - self._connected_at
+                    if self._health.connected and up_s >= self.backoff.reset_after_s:
+                        attempt = 0  # that session was good: a fresh failure, not a streak
                     self._set_connected(False)
                 if self._stopping.is_set():
                     break
@@ -317,6 +320,7 @@ class WebSocketFeed:
         self._health.connected = connected
         metrics.CONNECTED.labels(self.provider).set(1 if connected else 0)
         if connected:
+            self._connected_at = time.monotonic()
             self._connected_event.set()
         else:
             self._connected_event.clear()
