@@ -11,6 +11,7 @@ _COMMAND_MODULES = [
     "mdstream.services.cli",
     "mdstream.demo",
     "mdstream.storage.bar_sink",
+    "mdstream.ingest.cli",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Loopback emulators of the providers' documented websocket and REST protocols (test tools)."""

@@ -1,0 +1,79 @@
+"""`mdstream ingest` end to end (a subprocess against an emulator) and credential loading."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from emulators.alpaca import AlpacaEmulator
+from mdstream.bus import read_all
+from mdstream.contracts import RAW_BATCH, ContractSet
+from mdstream.ingest.credentials import MissingCredential, read_secret
+from mdstream.services import Endpoints
+from mdstream.settings import Topics
+
+
+def test_secret_from_env_or_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "key"
+    secret_file.write_text("from-file\n")
+    assert read_secret("X_KEY", {"MDSTREAM_X_KEY": " from-env "}) == "from-env"
+    assert read_secret("X_KEY", {"MDSTREAM_X_KEY_FILE": str(secret_file)}) == "from-file"
+    with pytest.raises(MissingCredential, match="MDSTREAM_X_KEY or MDSTREAM_X_KEY_FILE"):
+        read_secret("X_KEY", {})
+    with pytest.raises(MissingCredential, match="cannot be read"):
+        read_secret("X_KEY", {"MDSTREAM_X_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.services
+@pytest.mark.timeout(120)
+async def test_ingest_command_streams_an_emulator_into_the_raw_topic(
+    services: Endpoints, tmp_path: Path
+) -> None:
+    prefix = f"test-ingest-cli-{uuid.uuid4().hex[:8]}."
+    key_file = tmp_path / "alpaca-key"
+    key_file.write_text("cli-key")
+    env = {
+        **os.environ,
+        "MDSTREAM_TOPIC_PREFIX": prefix,
+        "MDSTREAM_ALPACA_API_KEY_FILE": str(key_file),
+        "MDSTREAM_ALPACA_API_SECRET": "cli-secret",
+    }
+    env.pop("MDSTREAM_ALPACA_API_KEY", None)
+    async with AlpacaEmulator(api_key="cli-key", secret="cli-secret", budget=120) as emu:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mdstream.cli",
+            "ingest",
+            "--provider",
+            "alpaca",
+            "--symbols",
+            "AAPL,MSFT",
+            "--url",
+            emu.ws_url,
+            "--seconds",
+            "4",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "alpaca:" in out.decode() and "0 reconnects" in out.decode()
+    assert b"cli-key" not in err and b"cli-secret" not in err
+    contracts = ContractSet.load()
+    topics = Topics.with_prefix(prefix)
+    ticks = Counter()
+    for rec in read_all(services.kafka_bootstrap, [topics.raw], idle_s=1.0):
+        name, batch = contracts.decode(rec.value)
+        assert name == RAW_BATCH and batch["source"] == "alpaca"
+        for t in batch["ticks"]:
+            ticks[(batch["instrument"]["symbol"], t["kind"], t["timestamp"])] += 1
+    assert len(emu.sent) == 120
+    assert ticks == Counter((t.symbol, t.kind, t.ts_ns) for t in emu.sent)
