@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
 OPEN, OPEN_TS, HIGH, LOW, CLOSE, CLOSE_TS, VOLUME, PV, COUNT = range(9)
 
@@ -168,3 +169,196 @@ def earliest_close(open_bars: OpenBars, intervals: Mapping[str, int], grace_ns: 
 def is_late(ts: np.ndarray, finest_ns: int, stream_time: int, grace_ns: int) -> np.ndarray:
     """Ticks whose finest window is already final: they can no longer change any bar."""
     return (ts - ts % finest_ns) + finest_ns + grace_ns <= stream_time
+
+
+# --------------------------------------------------------------------------------------------
+# Batch bars: a whole tape at once (history, oracles, benchmarks), over polars frames.
+
+
+@dataclass(frozen=True)
+class BarConventions:
+    """How ticks become bars. The defaults are Databento's (and most vendors') conventions.
+
+    - `closed`: "left" puts a tick at exactly a boundary into the window that starts there
+      ([start, end)); "right" into the window that ends there ((start, end]).
+    - `label`: the bar's `ts` is its window "start" or "end".
+    - `empty`: an interval with no trades gives "skip" (no bar), "carry" (a flat bar at the
+      previous close with zero volume and count, between the first and last traded window), or
+      "null" (a row whose prices are null).
+    """
+
+    closed: str = "left"
+    label: str = "start"
+    empty: str = "skip"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("closed", ("left", "right")),
+            ("label", ("start", "end")),
+            ("empty", ("skip", "carry", "null")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"bar convention {name}={getattr(self, name)!r}: use {allowed}")
+
+
+def window_start(ts: np.ndarray, width: int, closed: str = "left") -> np.ndarray:
+    """The start of each timestamp's window of `width` ns, aligned to the epoch."""
+    if closed == "right":
+        shifted = ts - 1
+        return shifted - shifted % width
+    return ts - ts % width
+
+
+def _width(interval: str | int) -> int:
+    return interval if isinstance(interval, int) else interval_ns(interval)
+
+
+_BAR_AGGS = (
+    pl.col("price").first().alias("open"),
+    pl.col("price").max().alias("high"),
+    pl.col("price").min().alias("low"),
+    pl.col("price").last().alias("close"),
+    pl.col("size").sum().alias("volume"),
+    (pl.col("price").cast(pl.Float64) * pl.col("size")).sum().alias("_pv"),
+    pl.len().cast(pl.Int64).alias("trade_count"),
+)
+
+
+def _finish(
+    grouped: pl.DataFrame, width: int, conventions: BarConventions, prices: list[str]
+) -> pl.DataFrame:
+    """Empty-interval policy, then the stamp: `ts` first, windows as explicit columns."""
+    if conventions.empty != "skip" and grouped.height:
+        lo, hi = grouped["window_start"].min(), grouped["window_start"].max()
+        grid = pl.DataFrame({"window_start": np.arange(lo, hi + width, width, dtype=np.int64)})
+        grouped = grid.join(grouped, on="window_start", how="left")
+        if conventions.empty == "carry":
+            # Each price column's "close" sibling carries forward and fills the empty rows.
+            close_of = {c: c.rsplit("_", 1)[0] + "_close" if "_" in c else "close" for c in prices}
+            grouped = grouped.with_columns(pl.col(sorted(set(close_of.values()))).forward_fill())
+            grouped = grouped.with_columns(
+                pl.coalesce(pl.col(c), pl.col(close)).alias(c) for c, close in close_of.items()
+            )
+            counts = [c for c in ("volume", "trade_count") if c in grouped.columns]
+            grouped = grouped.with_columns(pl.col(counts).fill_null(0))
+    stamp = pl.col("window_start") + (width if conventions.label == "end" else 0)
+    rest = [c for c in grouped.columns if c != "window_start"]
+    return grouped.with_columns(ts=stamp, window_end=pl.col("window_start") + width).select(
+        "ts", "window_start", "window_end", *rest
+    )
+
+
+def trade_bars(
+    trades: pl.DataFrame,
+    interval: str | int,
+    conventions: BarConventions = BarConventions(),
+) -> pl.DataFrame:
+    """OHLCV + VWAP + trade count per window from a tape with columns `ts` (epoch ns UTC),
+    `price`, `size`, in arrival order (ties in `ts` keep it). Price and size keep their dtype, so
+    integer-scaled prices aggregate exactly."""
+    width = _width(interval)
+    ts = trades["ts"].to_numpy()
+    tape = trades.select("ts", "price", "size").with_columns(
+        window_start=pl.Series(window_start(ts, width, conventions.closed))
+    )
+    grouped = (
+        tape.with_row_index("_arrival")
+        .sort("ts", "_arrival")
+        .group_by("window_start", maintain_order=True)
+        .agg(_BAR_AGGS)
+        .with_columns(vwap=pl.col("_pv") / pl.col("volume"))
+        .drop("_pv")
+        .sort("window_start")
+    )
+    return _finish(grouped, width, conventions, ["open", "high", "low", "close"])
+
+
+def quote_bars(
+    quotes: pl.DataFrame,
+    interval: str | int,
+    conventions: BarConventions = BarConventions(),
+) -> pl.DataFrame:
+    """Bid and ask OHLC per window from quotes (`ts`, `bid`, `ask`, optional `bid_size`,
+    `ask_size`); sizes are the last quoted in the window (as Lean's quote bars)."""
+    width = _width(interval)
+    sizes = [c for c in ("bid_size", "ask_size") if c in quotes.columns]
+    aggs = [
+        agg
+        for side in ("bid", "ask")
+        for agg in (
+            pl.col(side).drop_nulls().first().alias(f"{side}_open"),
+            pl.col(side).max().alias(f"{side}_high"),
+            pl.col(side).min().alias(f"{side}_low"),
+            pl.col(side).drop_nulls().last().alias(f"{side}_close"),
+        )
+    ] + [pl.col(c).drop_nulls().last().alias(c) for c in sizes]
+    ts = quotes["ts"].to_numpy()
+    grouped = (
+        quotes.with_columns(window_start=pl.Series(window_start(ts, width, conventions.closed)))
+        .with_row_index("_arrival")
+        .sort("ts", "_arrival")
+        .group_by("window_start", maintain_order=True)
+        .agg(aggs)
+        .sort("window_start")
+    )
+    prices = [f"{s}_{f}" for s in ("bid", "ask") for f in ("open", "high", "low", "close")]
+    return _finish(grouped, width, conventions, prices)
+
+
+def roll_up(
+    bars: pl.DataFrame, interval: str | int, conventions: BarConventions = BarConventions()
+) -> pl.DataFrame:
+    """Coarser trade bars from finer ones (minute → hour, …); equals direct aggregation when the
+    coarser width is a multiple of the finer and both use the same closure. Empty (carried)
+    finer bars are ignored, so `empty` applies afresh at the coarser level."""
+    width = _width(interval)
+    fine = bars.filter(pl.col("trade_count") > 0) if "trade_count" in bars.columns else bars
+    starts = window_start(fine["window_start"].to_numpy(), width, "left")
+    grouped = (
+        fine.with_columns(window_start=pl.Series(starts), _pv=pl.col("vwap") * pl.col("volume"))
+        .sort("window_start", maintain_order=True)
+        .group_by("window_start", maintain_order=True)
+        .agg(
+            pl.col("open").first(),
+            pl.col("high").max(),
+            pl.col("low").min(),
+            pl.col("close").last(),
+            pl.col("volume").sum(),
+            pl.col("_pv").sum(),
+            pl.col("trade_count").sum(),
+        )
+        .with_columns(vwap=pl.col("_pv") / pl.col("volume"))
+        .drop("_pv")
+    )
+    return _finish(grouped, width, conventions, ["open", "high", "low", "close"])
+
+
+def session_bars(
+    trades: pl.DataFrame, opens: np.ndarray, closes: np.ndarray, sessions: Sequence[str]
+) -> pl.DataFrame:
+    """One bar per trading session from trades inside [open, close) of that session (the
+    exchange's schedule, e.g. `mdstream.instruments.regular_sessions`); stamped at the open."""
+    ts = trades["ts"].to_numpy()
+    idx = np.searchsorted(opens, ts, side="right") - 1
+    inside = (idx >= 0) & (ts < closes[np.clip(idx, 0, None)])
+    tape = trades.select("ts", "price", "size").with_columns(
+        _session=pl.Series(np.where(inside, idx, -1))
+    )
+    grouped = (
+        tape.with_row_index("_arrival")
+        .filter(pl.col("_session") >= 0)
+        .sort("ts", "_arrival")
+        .group_by("_session", maintain_order=True)
+        .agg(_BAR_AGGS)
+        .with_columns(vwap=pl.col("_pv") / pl.col("volume"))
+        .drop("_pv")
+        .sort("_session")
+    )
+    at = grouped["_session"].to_numpy()
+    return grouped.select(
+        pl.Series("session", [sessions[i] for i in at], dtype=pl.String),
+        pl.Series("ts", opens[at], dtype=pl.Int64),
+        pl.Series("window_start", opens[at], dtype=pl.Int64),
+        pl.Series("window_end", closes[at], dtype=pl.Int64),
+        pl.exclude("_session"),
+    )
