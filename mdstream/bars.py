@@ -1,18 +1,26 @@
-"""Event-time OHLCV+VWAP bars: trades go into open windows; each window is emitted once, final.
+"""OHLCV+VWAP bars: the streaming core (open windows, each emitted once, final; late ticks revise
+a retained final bar) and the batch core (a whole tape at once, over polars frames).
 
-Conventions (the defaults; the intervals and grace are settings of `PipelineConfig`):
-- Windows are half-open [start, start + interval), aligned to the epoch in UTC.
-- A bar is stamped at its interval start (as Databento and most vendors do).
-- A window is final once stream time reaches `window end + grace`; stream time is the largest
-  valid event time seen on the partition. It is then emitted once and forgotten.
+Streaming conventions (the defaults; all are settings of `PipelineConfig`):
+- Windows are half-open [start, start + interval), aligned to the epoch in UTC (`closed="left"`;
+  "right" gives (start, end]). A bar is stamped at its interval start (`label="start"`, as
+  Databento and most vendors do; "end" stamps it at the window end).
+- A window is final once stream time reaches `window end + grace` (one ns later when right-closed);
+  stream time is the largest valid event time seen on the partition. It is then emitted once.
 - An interval with no trades gives no bar (no forward fill), as providers publish none.
+- Late ticks: inside the grace period they simply join their open window. Beyond it, a trade whose
+  window is still retained (`correction retention` after finality) revises that bar: the bar is
+  re-issued with `revision` + 1 and `correction` set; the original stays as it was sent. A late
+  trade beyond retention, from another provider than the bar's source, or far from the bar's VWAP
+  is dead-lettered with the reason: never silently merged, never silently dropped.
 - Several providers report the same trades, so their ticks are never summed: each provider's
   ticks make a partial bar, and the final bar is the partial of the highest-priority provider that
   has data in that window (failover at window granularity when the primary falls silent).
 
-Open bars are plain JSON-able dicts so they can live in a changelogged table:
+Open and retained bars are plain JSON-able dicts so they can live in a changelogged table:
 ``{interval: {str(window_start): {provider: [open, open_ts, high, low, close, close_ts, volume,
-price_x_volume, count]}}}``.
+price_x_volume, count]}}}`` and, for final bars,
+``{interval: {str(window_start): [source, open, …, count, revision, providers]}}``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import polars as pl
 OPEN, OPEN_TS, HIGH, LOW, CLOSE, CLOSE_TS, VOLUME, PV, COUNT = range(9)
 
 OpenBars = dict[str, dict[str, dict[str, list[float]]]]
+RetainedBars = dict[str, dict[str, list]]  # [source, *aggregate, revision, providers present]
+_AGG = slice(1, 10)
+_REVISION, _PRESENT = 10, 11
 
 _UNITS = {"s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 
@@ -39,6 +50,19 @@ def interval_ns(label: str) -> int:
     if width <= 0:
         raise ValueError(f"bad bar interval {label!r}: use <n>s, <n>m or <n>h with n > 0")
     return width
+
+
+def window_start(ts: np.ndarray, width: int, closed: str = "left") -> np.ndarray:
+    """The start of each timestamp's window of `width` ns, aligned to the epoch."""
+    if closed == "right":
+        shifted = ts - 1
+        return shifted - shifted % width
+    return ts - ts % width
+
+
+def final_at(start: int, width: int, grace_ns: int, closed: str = "left") -> int:
+    """Stream time from which the window starting at `start` can no longer receive a tick."""
+    return start + width + grace_ns + (1 if closed == "right" else 0)
 
 
 @dataclass(frozen=True)
@@ -55,13 +79,14 @@ class FinalBar:
     vwap: float
     trade_count: int
     providers_present: tuple[str, ...]
+    revision: int = 0  # 0: the bar as first emitted; n > 0: its n-th correction
 
 
-def _partials(ts: np.ndarray, price: np.ndarray, volume: np.ndarray, width: int):
+def _partials(ts: np.ndarray, price: np.ndarray, volume: np.ndarray, width: int, closed: str):
     """Per window of `width` ns: (start, open, open_ts, high, low, close, close_ts, v, pv, n)."""
     order = np.argsort(ts, kind="stable")  # ties keep arrival order
     ts, price, volume = ts[order], price[order], volume[order]
-    starts = ts - ts % width
+    starts = window_start(ts, width, closed)
     cut = np.flatnonzero(np.diff(starts)) + 1
     first = np.concatenate(([0], cut))
     last = np.concatenate((cut - 1, [len(ts) - 1]))
@@ -81,6 +106,20 @@ def _partials(ts: np.ndarray, price: np.ndarray, volume: np.ndarray, width: int)
     )
 
 
+def _merge(agg: list, partial: Sequence[float]) -> None:
+    """Fold a later-arriving partial aggregate into `agg` (same layout), in place."""
+    o, o_ts, h, lo, c, c_ts, v, pv, n = partial
+    if o_ts < agg[OPEN_TS]:
+        agg[OPEN], agg[OPEN_TS] = o, o_ts
+    if c_ts >= agg[CLOSE_TS]:
+        agg[CLOSE], agg[CLOSE_TS] = c, c_ts
+    agg[HIGH] = max(agg[HIGH], h)
+    agg[LOW] = min(agg[LOW], lo)
+    agg[VOLUME] += v
+    agg[PV] += pv
+    agg[COUNT] += n
+
+
 def accumulate(
     open_bars: OpenBars,
     intervals: Mapping[str, int],
@@ -88,27 +127,20 @@ def accumulate(
     ts: np.ndarray,
     price: np.ndarray,
     volume: np.ndarray,
+    closed: str = "left",
 ) -> OpenBars:
     """Add one provider's trades to the open bars (in place) and return them."""
     if len(ts) == 0:
         return open_bars
     for label, width in intervals.items():
         windows = open_bars.setdefault(label, {})
-        for start, o, o_ts, h, lo, c, c_ts, v, pv, n in _partials(ts, price, volume, width):
+        for start, *partial in _partials(ts, price, volume, width, closed):
             by_provider = windows.setdefault(str(start), {})
             agg = by_provider.get(provider)
             if agg is None:
-                by_provider[provider] = [o, o_ts, h, lo, c, c_ts, v, pv, n]
-                continue
-            if o_ts < agg[OPEN_TS]:
-                agg[OPEN], agg[OPEN_TS] = o, o_ts
-            if c_ts >= agg[CLOSE_TS]:
-                agg[CLOSE], agg[CLOSE_TS] = c, c_ts
-            agg[HIGH] = max(agg[HIGH], h)
-            agg[LOW] = min(agg[LOW], lo)
-            agg[VOLUME] += v
-            agg[PV] += pv
-            agg[COUNT] += n
+                by_provider[provider] = list(partial)
+            else:
+                _merge(agg, partial)
     return open_bars
 
 
@@ -118,57 +150,174 @@ def provider_rank(priority: Sequence[str]):
     return lambda p: (index.get(p, len(index)), p)
 
 
+def _final_bar(
+    label: str, start: int, width: int, source: str, agg: Sequence, present, revision: int
+) -> FinalBar:
+    return FinalBar(
+        interval=label,
+        window_start=start,
+        window_end=start + width,
+        source=source,
+        open=agg[OPEN],
+        high=agg[HIGH],
+        low=agg[LOW],
+        close=agg[CLOSE],
+        volume=agg[VOLUME],
+        vwap=agg[PV] / agg[VOLUME],
+        trade_count=int(agg[COUNT]),
+        providers_present=tuple(present),
+        revision=revision,
+    )
+
+
 def close_due(
     open_bars: OpenBars,
     intervals: Mapping[str, int],
     stream_time: int,
     grace_ns: int,
     priority: Sequence[str],
+    closed: str = "left",
+    retained: RetainedBars | None = None,
 ) -> list[FinalBar]:
-    """Remove (in place) and return the windows that are final at `stream_time`, oldest first."""
+    """Remove (in place) and return the windows that are final at `stream_time`, oldest first;
+    with `retained`, keep each final bar's source aggregate there for later corrections."""
     rank = provider_rank(priority)
     final: list[FinalBar] = []
     for label, width in intervals.items():
         windows = open_bars.get(label, {})
         for key in sorted(
-            (k for k in windows if int(k) + width + grace_ns <= stream_time), key=int
+            (k for k in windows if final_at(int(k), width, grace_ns, closed) <= stream_time),
+            key=int,
         ):
             by_provider = windows.pop(key)
             source = min(by_provider, key=rank)
             agg = by_provider[source]
-            start = int(key)
-            final.append(
-                FinalBar(
-                    interval=label,
-                    window_start=start,
-                    window_end=start + width,
-                    source=source,
-                    open=agg[OPEN],
-                    high=agg[HIGH],
-                    low=agg[LOW],
-                    close=agg[CLOSE],
-                    volume=agg[VOLUME],
-                    vwap=agg[PV] / agg[VOLUME],
-                    trade_count=int(agg[COUNT]),
-                    providers_present=tuple(sorted(by_provider, key=rank)),
-                )
-            )
+            present = sorted(by_provider, key=rank)
+            final.append(_final_bar(label, int(key), width, source, agg, present, 0))
+            if retained is not None:
+                retained.setdefault(label, {})[key] = [source, *agg, 0, present]
     return final
 
 
-def earliest_close(open_bars: OpenBars, intervals: Mapping[str, int], grace_ns: int) -> int | None:
+def earliest_close(
+    open_bars: OpenBars, intervals: Mapping[str, int], grace_ns: int, closed: str = "left"
+) -> int | None:
     """The stream time at which the next open window becomes final (None when nothing is open)."""
     due = [
-        int(k) + width + grace_ns
+        final_at(int(k), width, grace_ns, closed)
         for label, width in intervals.items()
         for k in open_bars.get(label, {})
     ]
     return min(due) if due else None
 
 
-def is_late(ts: np.ndarray, finest_ns: int, stream_time: int, grace_ns: int) -> np.ndarray:
-    """Ticks whose finest window is already final: they can no longer change any bar."""
-    return (ts - ts % finest_ns) + finest_ns + grace_ns <= stream_time
+def is_late(
+    ts: np.ndarray, finest_ns: int, stream_time: int, grace_ns: int, closed: str = "left"
+) -> np.ndarray:
+    """Ticks whose finest window is already final: they can no longer join an open bar."""
+    starts = window_start(ts, finest_ns, closed)
+    return final_at(starts, finest_ns, grace_ns, closed) <= stream_time
+
+
+def prune_retained(
+    retained: RetainedBars,
+    intervals: Mapping[str, int],
+    stream_time: int,
+    grace_ns: int,
+    retention_ns: int,
+    closed: str = "left",
+) -> None:
+    """Forget final bars whose correction retention has passed (in place): state stays bounded."""
+    for label, width in intervals.items():
+        windows = retained.get(label, {})
+        for key in [
+            k
+            for k in windows
+            if final_at(int(k), width, grace_ns, closed) + retention_ns <= stream_time
+        ]:
+            del windows[key]
+
+
+def correct_late_trades(
+    open_bars: OpenBars,
+    retained: RetainedBars,
+    intervals: Mapping[str, int],
+    provider: str,
+    ts: np.ndarray,
+    price: np.ndarray,
+    volume: np.ndarray,
+    stream_time: int,
+    grace_ns: int,
+    retention_ns: int,
+    max_deviation: float,
+    closed: str = "left",
+) -> tuple[list[FinalBar], list[str | None]]:
+    """Apply late trades (beyond grace) to the bars they belong to: open windows of coarser
+    intervals take them as usual, retained final bars are revised (a window that had no bar gets
+    one, as revision 1). A trade is applied to every interval or to none; returns the revised
+    bars (one per window, latest revision) and, per trade, None or why it was refused."""
+    reasons: list[str | None] = []
+    touched: dict[tuple[str, str], list] = {}
+    for t, p, v in zip(ts.tolist(), price.tolist(), volume.tolist(), strict=True):
+        plan: list[tuple[str, int, str, bool]] = []
+        reason = None
+        for label, width in intervals.items():
+            start = int(window_start(np.int64(t), width, closed))
+            key = str(start)
+            due = final_at(start, width, grace_ns, closed)
+            if due > stream_time:
+                plan.append((label, width, key, False))
+                continue
+            if due + retention_ns <= stream_time:
+                reason = (
+                    f"event time {t} is beyond the grace period ({grace_ns} ns) and the "
+                    f"correction retention ({retention_ns} ns) of stream time {stream_time}: "
+                    f"its {label} bar is final and no longer kept"
+                )
+                break
+            bar = retained.get(label, {}).get(key)
+            if bar is not None and bar[0] != provider:
+                reason = f"late {provider} trade: the final {label} bar came from {bar[0]}"
+                break
+            if bar is not None:
+                vwap = bar[_AGG][PV] / bar[_AGG][VOLUME]
+                if abs(p - vwap) > max_deviation * vwap:
+                    reason = (
+                        f"late trade at {p:.6g} is {abs(p - vwap) / vwap:.2%} from its final "
+                        f"{label} bar's VWAP {vwap:.6g}: not merged"
+                    )
+                    break
+            plan.append((label, width, key, True))
+        reasons.append(reason)
+        if reason is not None:
+            continue
+        partial = [p, t, p, p, p, t, v, p * v, 1]
+        for label, width, key, final in plan:
+            if not final:
+                accumulate(open_bars, {label: width}, provider, *_one(t, p, v), closed=closed)
+                continue
+            windows = retained.setdefault(label, {})
+            bar = windows.get(key)
+            if bar is None:
+                windows[key] = bar = [provider, *partial, 0, [provider]]
+            else:
+                agg = bar[_AGG]
+                _merge(agg, partial)
+                bar[_AGG] = agg
+            touched[label, key] = bar
+    revised = []
+    for (label, key), bar in sorted(touched.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
+        bar[_REVISION] += 1
+        revised.append(
+            _final_bar(
+                label, int(key), intervals[label], bar[0], bar[_AGG], bar[_PRESENT], bar[_REVISION]
+            )
+        )
+    return revised, reasons
+
+
+def _one(t: int, p: float, v: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.array([t], dtype=np.int64), np.array([p]), np.array([v])
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,14 +348,6 @@ class BarConventions:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"bar convention {name}={getattr(self, name)!r}: use {allowed}")
-
-
-def window_start(ts: np.ndarray, width: int, closed: str = "left") -> np.ndarray:
-    """The start of each timestamp's window of `width` ns, aligned to the epoch."""
-    if closed == "right":
-        shifted = ts - 1
-        return shifted - shifted % width
-    return ts - ts % width
 
 
 def _width(interval: str | int) -> int:

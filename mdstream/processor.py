@@ -48,6 +48,14 @@ class PipelineConfig:
     default_expected_interval_ns: int = 1_000_000_000
     stale_factor: float = 2.0
     validation: ValidationRules = field(default_factory=ValidationRules)
+    # Window closure and stamp (see mdstream.bars); streaming publishes no bar for an empty window.
+    conventions: barlib.BarConventions = field(default_factory=barlib.BarConventions)
+    # How long after finality a bar can still be corrected by a late trade (0: never).
+    correction_retention_ns: int = 30_000_000_000
+
+    def __post_init__(self) -> None:
+        if self.conventions.empty != "skip":
+            raise ValueError("streaming bars support only empty='skip' (no bar for no trades)")
 
     @property
     def interval_widths(self) -> dict[str, int]:
@@ -147,12 +155,19 @@ def _tick_payload(batch: Mapping[str, Any], index: int) -> bytes:
     ).encode()
 
 
-def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emitted_ns: int):
+def _bar_event(
+    bar: barlib.FinalBar,
+    state: Mapping[str, Any],
+    symbol: str,
+    emitted_ns: int,
+    cfg: PipelineConfig,
+):
     instrument = state.get("instrument", {})
     present = len(bar.providers_present)
     known = max(len(state.get("providers", {})), 1)
+    revision = (bar.revision,) if bar.revision else ()
     return {
-        "eventId": stable_id("bar", symbol, bar.interval, bar.window_start),
+        "eventId": stable_id("bar", symbol, bar.interval, bar.window_start, *revision),
         "timestamp": emitted_ns,
         "instrument": {
             "symbol": symbol,
@@ -169,7 +184,7 @@ def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emit
             "vwap": bar.vwap,
             "trade_count": bar.trade_count,
         },
-        "timestamp_utc": bar.window_start,
+        "timestamp_utc": bar.window_end if cfg.conventions.label == "end" else bar.window_start,
         "interval": bar.interval,
         "window_start": bar.window_start,
         "window_end": bar.window_end,
@@ -184,6 +199,8 @@ def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emit
         },
         "adjustments_applied": [],
         "sources": [bar.source],
+        "revision": bar.revision,
+        "correction": bar.revision > 0,
     }
 
 
@@ -195,19 +212,85 @@ def _close_partition_windows(
     emitted_ns: int,
 ) -> None:
     widths = cfg.interval_widths
+    closed = cfg.conventions.closed
     due = sorted(sym for sym, at in clock["open"].items() if at <= clock["t"])
     for symbol in due:
         inst = state[symbol]
+        retained = inst.setdefault("final", {}) if cfg.correction_retention_ns else None
         for bar in barlib.close_due(
-            inst["bars"], widths, clock["t"], cfg.grace_ns, cfg.provider_priority
+            inst["bars"], widths, clock["t"], cfg.grace_ns, cfg.provider_priority, closed, retained
         ):
-            out.bars.append(_bar_event(bar, inst, symbol, emitted_ns))
-        nxt = barlib.earliest_close(inst["bars"], widths, cfg.grace_ns)
+            out.bars.append(_bar_event(bar, inst, symbol, emitted_ns, cfg))
+        if retained is not None:
+            barlib.prune_retained(
+                retained, widths, clock["t"], cfg.grace_ns, cfg.correction_retention_ns, closed
+            )
+        nxt = barlib.earliest_close(inst["bars"], widths, cfg.grace_ns, closed)
         if nxt is None:
             del clock["open"][symbol]
         else:
             clock["open"][symbol] = nxt
         state[symbol] = inst
+
+
+def _correct_late(
+    inst: dict[str, Any],
+    clock: dict[str, Any],
+    symbol: str,
+    provider: str,
+    cols: TickColumns,
+    late: np.ndarray,
+    cfg: PipelineConfig,
+    out: StepOutput,
+    emitted_ns: int,
+) -> list[str | None]:
+    """Late trades revise their retained final bars (emitted as corrections); returns, per tick,
+    why it cannot be applied (None: applied, or not late)."""
+    reasons: list[str | None] = [None] * len(cols)
+    beyond = (
+        f"event time {{}} is beyond the grace period ({cfg.grace_ns} ns) of stream time "
+        f"{clock['t']}: its bars are already final"
+    )
+    for i in np.flatnonzero(late & ~cols.is_trade):
+        reasons[i] = beyond.format(int(cols.ts[i]))
+    trades = np.flatnonzero(late & cols.is_trade)
+    if not len(trades):
+        return reasons
+    if not cfg.correction_retention_ns:
+        for i in trades:
+            reasons[i] = beyond.format(int(cols.ts[i]))
+        return reasons
+    closed = cfg.conventions.closed
+    retained = inst.setdefault("final", {})
+    barlib.prune_retained(
+        retained,
+        cfg.interval_widths,
+        clock["t"],
+        cfg.grace_ns,
+        cfg.correction_retention_ns,
+        closed,
+    )
+    revised, refused = barlib.correct_late_trades(
+        inst["bars"],
+        retained,
+        cfg.interval_widths,
+        provider,
+        cols.ts[trades],
+        cols.price[trades],
+        cols.volume[trades],
+        clock["t"],
+        cfg.grace_ns,
+        cfg.correction_retention_ns,
+        cfg.outlier_rel,
+        closed,
+    )
+    for i, reason in zip(trades, refused, strict=True):
+        reasons[i] = reason
+    out.bars += [_bar_event(bar, inst, symbol, emitted_ns, cfg) for bar in revised]
+    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns, closed)
+    if nxt is not None:
+        clock["open"][symbol] = nxt
+    return reasons
 
 
 def process_batch(
@@ -252,13 +335,16 @@ def process_batch(
             )
 
     finest = min(cfg.interval_widths.values())
-    late = ok & barlib.is_late(cols.ts, finest, clock["t"], cfg.grace_ns)
+    closed = cfg.conventions.closed
+    late = ok & barlib.is_late(cols.ts, finest, clock["t"], cfg.grace_ns, closed)
+    reasons = _correct_late(inst, clock, symbol, provider, cols, late, cfg, out, emitted_ns)
     for i in np.flatnonzero(late):
+        if reasons[i] is None:
+            continue
         out.dead_letters.append(
             dead_letter(
                 "late",
-                f"event time {int(cols.ts[i])} is beyond the grace period "
-                f"({cfg.grace_ns} ns) of stream time {clock['t']}: its bars are already final",
+                reasons[i],
                 _tick_payload(batch, int(i)),
                 emitted_ns=emitted_ns,
                 source=provider,
@@ -367,8 +453,9 @@ def process_batch(
         cols.ts[trades],
         cols.price[trades],
         cols.volume[trades],
+        closed,
     )
-    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns)
+    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns, closed)
     if nxt is not None:
         clock["open"][symbol] = nxt
     state[symbol] = inst

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdstream.bars import BarConventions
 from mdstream.processor import PipelineConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +87,10 @@ class Settings:
                 grace_ns=int(float(_env("GRACE_MS", "1000")) * 1e6),
                 provider_priority=_csv(_env("PROVIDER_PRIORITY", "alpaca,polygon,finnhub")),
                 outlier_rel=float(_env("OUTLIER_REL", "0.02")),
+                conventions=BarConventions(
+                    closed=_env("BAR_CLOSED", "left"), label=_env("BAR_LABEL", "start")
+                ),
+                correction_retention_ns=int(float(_env("CORRECTION_RETENTION_MS", "30000")) * 1e6),
             ),
         )
 
