@@ -1,0 +1,1 @@
+"""Storage at the edges: PostgreSQL and friends (asyncpg)."""
