@@ -22,13 +22,16 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import exchange_calendars as xcals
 import numpy as np
 from stdnum import cusip as stdcusip
 from stdnum import figi as stdfigi
 from stdnum import isin as stdisin
+
+if TYPE_CHECKING:
+    import exchange_calendars as xcals
 
 REFERENCE_FILE = Path(__file__).resolve().parent / "reference" / "instruments.csv"
 
@@ -123,8 +126,10 @@ def check_identifiers(
 
 @functools.cache
 def calendar(name: str) -> xcals.ExchangeCalendar:
-    """An exchange calendar, built once per process (it is immutable)."""
-    return xcals.get_calendar(name, start=_CALENDAR_START)
+    """An exchange calendar, built once per process (it is immutable; pandas loads on first use)."""
+    import exchange_calendars
+
+    return exchange_calendars.get_calendar(name, start=_CALENDAR_START)
 
 
 def _epoch_ns(times) -> np.ndarray:

@@ -24,6 +24,7 @@ from mdstream import bars as barlib
 from mdstream.batch import TickColumns, tick_event_id
 from mdstream.consensus import build_consensus
 from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.instruments import InstrumentMaster, UnknownInstrument, check_identifiers, session_of
 from mdstream.validation import ValidationRules, validate
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class PipelineConfig:
     conventions: barlib.BarConventions = field(default_factory=barlib.BarConventions)
     # How long after finality a bar can still be corrected by a late trade (0: never).
     correction_retention_ns: int = 30_000_000_000
+    # The instrument master: batches of unknown symbols or with invalid identifiers are refused
+    # (alert + dead letter) and bars carry exchange, type and session. None: no reference checks.
+    instruments: InstrumentMaster | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.conventions.empty != "skip":
@@ -173,7 +177,8 @@ def _bar_event(
             "symbol": symbol,
             "exchange": instrument.get("exchange"),
             "isin": instrument.get("isin"),
-            "instrument_type": "EQUITY",
+            "instrument_type": instrument.get("instrument_type", "EQUITY"),
+            "instrument_id": instrument.get("instrument_id"),
         },
         "ohlcv": {
             "open": bar.open,
@@ -201,6 +206,9 @@ def _bar_event(
         "sources": [bar.source],
         "revision": bar.revision,
         "correction": bar.revision > 0,
+        "session": session_of(bar.window_start, instrument["exchange"])
+        if cfg.instruments is not None and instrument.get("exchange")
+        else None,
     }
 
 
@@ -231,6 +239,58 @@ def _close_partition_windows(
         else:
             clock["open"][symbol] = nxt
         state[symbol] = inst
+
+
+def _reference(
+    batch: Mapping[str, Any],
+    cols: TickColumns,
+    master: InstrumentMaster,
+    out: StepOutput,
+    emitted_ns: int,
+    key: bytes | None,
+) -> dict[str, Any] | None:
+    """The master's view of the batch's instrument, or None after refusing the batch: an unknown
+    symbol or an identifier that is invalid or contradicts the master is never guessed."""
+    symbol, given = cols.symbol, batch["instrument"]
+    at = int(cols.ts.min()) if len(cols) else cols.published_ns
+    try:
+        known = master.resolve(symbol, at)
+        problems = [reason for _, _, reason in check_identifiers(isin=given.get("isin"))]
+        if given.get("isin") and not problems and known.isin and given["isin"] != known.isin:
+            problems.append(f"ISIN {given['isin']} is not {symbol}'s ({known.isin})")
+    except UnknownInstrument as exc:
+        problems = [str(exc)]
+    if not problems:
+        return {
+            "instrument_id": known.instrument_id,
+            "exchange": known.mic,
+            "isin": known.isin,
+            "instrument_type": known.instrument_type,
+        }
+    reason = "; ".join(problems)
+    out.alerts.append(
+        _alert(
+            "INVALID_DATA",
+            "HIGH",
+            "RAISED",
+            cols.source,
+            symbol,
+            f"batch of {len(cols)} ticks refused: {reason}",
+            at,
+            batch["batchId"],
+        )
+    )
+    out.dead_letters.append(
+        dead_letter(
+            "reference",
+            reason,
+            json.dumps(batch, default=str, allow_nan=True).encode(),
+            emitted_ns=emitted_ns,
+            source=cols.source,
+            key=key,
+        )
+    )
+    return None
 
 
 def _correct_late(
@@ -313,7 +373,12 @@ def process_batch(
     symbol, provider = cols.symbol, cols.source
     clock = state.get(clock_key(partition)) or {"t": 0, "open": {}}
     inst = state.get(symbol) or {"providers": {}, "bars": {}, "instrument": {}}
-    if batch["instrument"].get("isin") or batch["instrument"].get("exchange"):
+    if cfg.instruments is not None:
+        reference = _reference(batch, cols, cfg.instruments, out, emitted_ns, key)
+        if reference is None:
+            return out  # refused: alert and dead letter, no state change
+        inst["instrument"] = reference
+    elif batch["instrument"].get("isin") or batch["instrument"].get("exchange"):
         inst["instrument"] = {
             "exchange": batch["instrument"].get("exchange"),
             "isin": batch["instrument"].get("isin"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdstream.bars import BarConventions
+from mdstream.instruments import REFERENCE_FILE, InstrumentMaster, load_master
 from mdstream.processor import PipelineConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,11 @@ def _env(name: str, default: str) -> str:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _instruments(value: str) -> InstrumentMaster | None:
+    """`MDSTREAM_INSTRUMENTS`: the reference CSV the worker loads at start, or "none"."""
+    return None if value.strip().lower() in ("", "none") else load_master(value)
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class Settings:
                     closed=_env("BAR_CLOSED", "left"), label=_env("BAR_LABEL", "start")
                 ),
                 correction_retention_ns=int(float(_env("CORRECTION_RETENTION_MS", "30000")) * 1e6),
+                instruments=_instruments(_env("INSTRUMENTS", str(REFERENCE_FILE))),
             ),
         )
 

@@ -88,6 +88,7 @@ RECORDS: dict[str, dict[str, Any]] = {
             "exchange": "XNAS",
             "isin": "US67066G1040",
             "instrument_type": "EQUITY",
+            "instrument_id": "BBG000BBJQV0",
         },
         "ohlcv": {
             "open": 141.9,
