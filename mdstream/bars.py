@@ -354,15 +354,41 @@ def _width(interval: str | int) -> int:
     return interval if isinstance(interval, int) else interval_ns(interval)
 
 
-_BAR_AGGS = (
-    pl.col("price").first().alias("open"),
-    pl.col("price").max().alias("high"),
-    pl.col("price").min().alias("low"),
-    pl.col("price").last().alias("close"),
-    pl.col("size").sum().alias("volume"),
-    (pl.col("price").cast(pl.Float64) * pl.col("size")).sum().alias("_pv"),
-    pl.len().cast(pl.Int64).alias("trade_count"),
-)
+def _bar_aggs(eligible: str | None = None) -> list[pl.Expr]:
+    """OHLC (and VWAP) from the trades in the `eligible` boolean column (all when None);
+    volume and trade count from every trade, as the consolidated tape counts them."""
+    price, size = pl.col("price"), pl.col("size")
+    if eligible is not None:
+        price, size = price.filter(pl.col(eligible)), size.filter(pl.col(eligible))
+    return [
+        price.first().alias("open"),
+        price.max().alias("high"),
+        price.min().alias("low"),
+        price.last().alias("close"),
+        pl.col("size").sum().alias("volume"),
+        (price.cast(pl.Float64) * size).sum().alias("_pv"),
+        size.sum().alias("_pv_volume"),
+        pl.len().cast(pl.Int64).alias("trade_count"),
+    ]
+
+
+_VWAP = (pl.col("_pv") / pl.col("_pv_volume")).alias("vwap")
+
+
+# Lean/AlgoSeek sale-condition bits (QuantConnect's TradeConditionFlags), as in their tick files.
+AVERAGE_PRICE = 1 << 20
+DERIVATIVELY_PRICED = 1 << 9
+VENDOR_PRICE_INELIGIBLE = AVERAGE_PRICE | DERIVATIVELY_PRICED
+
+
+def vendor_like_eligibility(
+    conditions: pl.Expr, suspicious: pl.Expr, ineligible: int = VENDOR_PRICE_INELIGIBLE
+) -> pl.Expr:
+    """Whether a trade may set a bar's open/high/low/close, as the SPY vendor bars behave:
+    average-price and derivatively-priced prints (off-exchange reports of a price agreed
+    earlier) and trades flagged suspicious count in volume but not in prices. `conditions` are
+    the sale-condition bit flags (the tick files' hex column, parsed)."""
+    return ((conditions & ineligible) == 0) & (suspicious == 0)
 
 
 def _finish(
@@ -393,22 +419,25 @@ def trade_bars(
     trades: pl.DataFrame,
     interval: str | int,
     conventions: BarConventions = BarConventions(),
+    *,
+    eligible: str | None = None,
 ) -> pl.DataFrame:
     """OHLCV + VWAP + trade count per window from a tape with columns `ts` (epoch ns UTC),
     `price`, `size`, in arrival order (ties in `ts` keep it). Price and size keep their dtype, so
-    integer-scaled prices aggregate exactly."""
+    integer-scaled prices aggregate exactly. `eligible` names a boolean column of the trades that
+    may set prices (e.g. `vendor_like_eligibility`); the others count in volume only."""
     width = _width(interval)
     ts = trades["ts"].to_numpy()
-    tape = trades.select("ts", "price", "size").with_columns(
+    tape = trades.select("ts", "price", "size", *([eligible] if eligible else [])).with_columns(
         window_start=pl.Series(window_start(ts, width, conventions.closed))
     )
     grouped = (
         tape.with_row_index("_arrival")
         .sort("ts", "_arrival")
         .group_by("window_start", maintain_order=True)
-        .agg(_BAR_AGGS)
-        .with_columns(vwap=pl.col("_pv") / pl.col("volume"))
-        .drop("_pv")
+        .agg(_bar_aggs(eligible))
+        .with_columns(_VWAP)
+        .drop("_pv", "_pv_volume")
         .sort("window_start")
     )
     return _finish(grouped, width, conventions, ["open", "high", "low", "close"])
@@ -460,10 +489,10 @@ def roll_up(
         .sort("window_start", maintain_order=True)
         .group_by("window_start", maintain_order=True)
         .agg(
-            pl.col("open").first(),
+            pl.col("open").drop_nulls().first(),
             pl.col("high").max(),
             pl.col("low").min(),
-            pl.col("close").last(),
+            pl.col("close").drop_nulls().last(),
             pl.col("volume").sum(),
             pl.col("_pv").sum(),
             pl.col("trade_count").sum(),
@@ -475,14 +504,20 @@ def roll_up(
 
 
 def session_bars(
-    trades: pl.DataFrame, opens: np.ndarray, closes: np.ndarray, sessions: Sequence[str]
+    trades: pl.DataFrame,
+    opens: np.ndarray,
+    closes: np.ndarray,
+    sessions: Sequence[str],
+    *,
+    eligible: str | None = None,
 ) -> pl.DataFrame:
     """One bar per trading session from trades inside [open, close) of that session (the
-    exchange's schedule, e.g. `mdstream.instruments.regular_sessions`); stamped at the open."""
+    exchange's schedule, e.g. `mdstream.instruments.regular_sessions`); stamped at the open.
+    `eligible` as in `trade_bars`."""
     ts = trades["ts"].to_numpy()
     idx = np.searchsorted(opens, ts, side="right") - 1
     inside = (idx >= 0) & (ts < closes[np.clip(idx, 0, None)])
-    tape = trades.select("ts", "price", "size").with_columns(
+    tape = trades.select("ts", "price", "size", *([eligible] if eligible else [])).with_columns(
         _session=pl.Series(np.where(inside, idx, -1))
     )
     grouped = (
@@ -490,9 +525,9 @@ def session_bars(
         .filter(pl.col("_session") >= 0)
         .sort("ts", "_arrival")
         .group_by("_session", maintain_order=True)
-        .agg(_BAR_AGGS)
-        .with_columns(vwap=pl.col("_pv") / pl.col("volume"))
-        .drop("_pv")
+        .agg(_bar_aggs(eligible))
+        .with_columns(_VWAP)
+        .drop("_pv", "_pv_volume")
         .sort("_session")
     )
     at = grouped["_session"].to_numpy()
