@@ -20,11 +20,12 @@ Streaming conventions (the defaults; all are settings of `PipelineConfig`):
 Open and retained bars are plain JSON-able dicts so they can live in a changelogged table:
 ``{interval: {str(window_start): {provider: [open, open_ts, high, low, close, close_ts, volume,
 price_x_volume, count]}}}`` and, for final bars,
-``{interval: {str(window_start): [source, open, …, count, revision, providers]}}``.
+``{interval: {str(window_start): "[source, open, …, count, revision, providers]"}}`` (JSON text).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,9 @@ import polars as pl
 OPEN, OPEN_TS, HIGH, LOW, CLOSE, CLOSE_TS, VOLUME, PV, COUNT = range(9)
 
 OpenBars = dict[str, dict[str, dict[str, list[float]]]]
-RetainedBars = dict[str, dict[str, list]]  # [source, *aggregate, revision, providers present]
+# Each retained bar is one JSON string of [source, *aggregate, revision, providers present]:
+# state is deep-copied per step, and one string copies far cheaper than a dozen nested objects.
+RetainedBars = dict[str, dict[str, str]]
 _AGG = slice(1, 10)
 _REVISION, _PRESENT = 10, 11
 
@@ -195,7 +198,7 @@ def close_due(
             present = sorted(by_provider, key=rank)
             final.append(_final_bar(label, int(key), width, source, agg, present, 0))
             if retained is not None:
-                retained.setdefault(label, {})[key] = [source, *agg, 0, present]
+                retained.setdefault(label, {})[key] = json.dumps([source, *agg, 0, present])
     return final
 
 
@@ -258,6 +261,13 @@ def correct_late_trades(
     bars (one per window, latest revision) and, per trade, None or why it was refused."""
     reasons: list[str | None] = []
     touched: dict[tuple[str, str], list] = {}
+
+    def retained_bar(label: str, key: str) -> list | None:
+        if (label, key) in touched:
+            return touched[label, key]
+        packed = retained.get(label, {}).get(key)
+        return None if packed is None else json.loads(packed)
+
     for t, p, v in zip(ts.tolist(), price.tolist(), volume.tolist(), strict=True):
         plan: list[tuple[str, int, str, bool]] = []
         reason = None
@@ -275,7 +285,7 @@ def correct_late_trades(
                     f"its {label} bar is final and no longer kept"
                 )
                 break
-            bar = retained.get(label, {}).get(key)
+            bar = retained_bar(label, key)
             if bar is not None and bar[0] != provider:
                 reason = f"late {provider} trade: the final {label} bar came from {bar[0]}"
                 break
@@ -296,10 +306,9 @@ def correct_late_trades(
             if not final:
                 accumulate(open_bars, {label: width}, provider, *_one(t, p, v), closed=closed)
                 continue
-            windows = retained.setdefault(label, {})
-            bar = windows.get(key)
+            bar = retained_bar(label, key)
             if bar is None:
-                windows[key] = bar = [provider, *partial, 0, [provider]]
+                bar = [provider, *partial, 0, [provider]]
             else:
                 agg = bar[_AGG]
                 _merge(agg, partial)
@@ -308,6 +317,7 @@ def correct_late_trades(
     revised = []
     for (label, key), bar in sorted(touched.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
         bar[_REVISION] += 1
+        retained.setdefault(label, {})[key] = json.dumps(bar)
         revised.append(
             _final_bar(
                 label, int(key), intervals[label], bar[0], bar[_AGG], bar[_PRESENT], bar[_REVISION]

@@ -19,7 +19,7 @@ import csv
 import datetime as dt
 import functools
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +96,7 @@ class IdentifierIssue:
 # identifiers
 
 
+@functools.lru_cache(maxsize=65536)
 def identifier_problem(kind: str, value: str) -> str | None:
     """Why `value` is not a valid identifier of `kind` (isin, cusip, figi), or None."""
     module = {"isin": stdisin, "cusip": stdcusip, "figi": stdfigi}[kind]
@@ -338,14 +339,3 @@ def load_master(
     for instrument_id, path in (map_files or {}).items():
         master.add_history(instrument_id, parse_lean_map_file(Path(path).read_text()))
     return master
-
-
-def enrichment(instrument: Instrument, ts: Sequence[int] | np.ndarray) -> dict[str, object]:
-    """What a normalized event carries about its instrument; session of the first timestamp."""
-    return {
-        "instrument_id": instrument.instrument_id,
-        "exchange": instrument.mic,
-        "isin": instrument.isin,
-        "instrument_type": instrument.instrument_type,
-        "session": str(classify_sessions(np.asarray(ts[:1]), instrument.mic)[0]),
-    }
