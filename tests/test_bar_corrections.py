@@ -9,9 +9,12 @@ import uuid
 from typing import Any
 
 import fastavro
+import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mdstream.bars import BarConventions
+from mdstream.bars import BarConventions, trade_bars
 from mdstream.contracts import NORMALIZED, ContractSet, load_schema_text
 from mdstream.processor import PipelineConfig, StepOutput, process_batch
 
@@ -23,6 +26,7 @@ CONTRACTS = ContractSet.load()
 
 
 def _batch(source: str, ticks: list[tuple[int, float, float]]) -> dict[str, Any]:
+    """One raw batch of trades (event time, price, size)."""
     return {
         "batchId": str(uuid.uuid4()),
         "timestamp": max(t for t, _, _ in ticks),
@@ -194,3 +198,61 @@ def test_correction_fields_are_backward_compatible_avro(closed_second) -> None:
 
 
 NEW_FIELDS = {"revision", "correction", "session"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 120 * S), st.integers(1000, 1100).map(lambda c: c / 100)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 6),
+)
+def test_latest_revisions_equal_aggregating_every_trade(
+    ticks: list[tuple[int, float]], per_batch: int
+) -> None:
+    """Whatever the arrival order, with a long retention the latest revision of every window is
+    the bar of all its trades: corrections lose nothing and count nothing twice."""
+    cfg = dataclasses.replace(CFG, correction_retention_ns=10**15, outlier_rel=1e9)
+    state: dict[str, Any] = {}
+    out = StepOutput()
+    rows = [(T + t, p, 1.0 + i % 3) for i, (t, p) in enumerate(ticks)]
+    for lo in range(0, len(rows), per_batch):
+        out.add(process_batch(_batch("alpaca", rows[lo : lo + per_batch]), state, 0, cfg, 0))
+    end = T + 10 * 3600 * S
+    out.add(process_batch(_batch("alpaca", [(end, 10.0, 1.0)]), state, 0, cfg, 0))
+    assert out.dead_letters == []
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for bar in out.bars:
+        key = (bar["interval"], bar["window_start"])
+        if key not in latest or bar["revision"] > latest[key]["revision"]:
+            latest[key] = bar
+    tape = pl.DataFrame(rows, schema=["ts", "price", "size"], orient="row")
+    for label in CFG.intervals:
+        want = {r["window_start"]: r for r in trade_bars(tape, label).iter_rows(named=True)}
+        got = {start: b["ohlcv"] for (lab, start), b in latest.items() if lab == label}
+        assert set(got) == set(want)
+        for start, bar in got.items():
+            w = want[start]
+            assert (bar["open"], bar["high"], bar["low"], bar["close"]) == (
+                w["open"], w["high"], w["low"], w["close"]
+            )  # fmt: skip
+            assert (bar["volume"], bar["trade_count"]) == (w["volume"], w["trade_count"])
+
+
+def test_settings_wire_the_bar_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mdstream.settings import Settings
+
+    monkeypatch.setenv("MDSTREAM_BAR_CLOSED", "right")
+    monkeypatch.setenv("MDSTREAM_BAR_LABEL", "end")
+    monkeypatch.setenv("MDSTREAM_CORRECTION_RETENTION_MS", "0")
+    monkeypatch.setenv("MDSTREAM_INSTRUMENTS", "none")
+    cfg = Settings.from_env().pipeline
+    assert cfg.conventions == BarConventions(closed="right", label="end")
+    assert cfg.correction_retention_ns == 0 and cfg.instruments is None
+    monkeypatch.delenv("MDSTREAM_INSTRUMENTS")
+    monkeypatch.delenv("MDSTREAM_CORRECTION_RETENTION_MS")
+    cfg = Settings.from_env().pipeline
+    assert cfg.correction_retention_ns == 30 * S
+    assert cfg.instruments is not None and "SPY" in cfg.instruments.periods
