@@ -46,7 +46,11 @@ _EXTENDED = {m: (dt.time(4), dt.time(20)) for m in ("XNYS", "XNAS", "ARCX", "BAT
 _CALENDAR_START = "2000-01-03"
 
 
-class UnknownInstrument(LookupError):
+class ReferenceProblem(ValueError):
+    """Data that does not agree with the instrument master; the message says how."""
+
+
+class UnknownInstrument(ReferenceProblem, LookupError):
     """A symbol that the master cannot resolve at that time: never guessed."""
 
 
@@ -253,6 +257,17 @@ class InstrumentMaster:
         if instrument_id not in self.instruments:
             raise UnknownInstrument(f"symbol {symbol!r} maps to {instrument_id}, not loaded")
         return replace(self.instruments[instrument_id], symbol=symbol.upper())
+
+    def verify(self, symbol: str, at_ns: int, isin: str | None = None) -> Instrument:
+        """The instrument a provider's record names, checked: the symbol must resolve at that
+        time, and an ISIN it carries must be valid and the instrument's. ReferenceProblem if not."""
+        known = self.resolve(symbol, at_ns)
+        problems = [reason for _, _, reason in check_identifiers(isin=isin)]
+        if isin and not problems and known.isin and isin != known.isin:
+            problems.append(f"ISIN {isin} is not {symbol}'s ({known.isin})")
+        if problems:
+            raise ReferenceProblem("; ".join(problems))
+        return known
 
     def history(self, instrument_id: str) -> list[SymbolPeriod]:
         return sorted(

@@ -24,7 +24,7 @@ from mdstream import bars as barlib
 from mdstream.batch import TickColumns, tick_event_id
 from mdstream.consensus import build_consensus
 from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
-from mdstream.instruments import InstrumentMaster, UnknownInstrument, check_identifiers, session_of
+from mdstream.instruments import InstrumentMaster, ReferenceProblem, session_of
 from mdstream.validation import ValidationRules, validate
 
 log = logging.getLogger(__name__)
@@ -251,23 +251,19 @@ def _reference(
 ) -> dict[str, Any] | None:
     """The master's view of the batch's instrument, or None after refusing the batch: an unknown
     symbol or an identifier that is invalid or contradicts the master is never guessed."""
-    symbol, given = cols.symbol, batch["instrument"]
+    symbol = cols.symbol
     at = int(cols.ts.min()) if len(cols) else cols.published_ns
     try:
-        known = master.resolve(symbol, at)
-        problems = [reason for _, _, reason in check_identifiers(isin=given.get("isin"))]
-        if given.get("isin") and not problems and known.isin and given["isin"] != known.isin:
-            problems.append(f"ISIN {given['isin']} is not {symbol}'s ({known.isin})")
-    except UnknownInstrument as exc:
-        problems = [str(exc)]
-    if not problems:
+        known = master.verify(symbol, at, batch["instrument"].get("isin"))
+    except ReferenceProblem as exc:
+        reason = str(exc)
+    else:
         return {
             "instrument_id": known.instrument_id,
             "exchange": known.mic,
             "isin": known.isin,
             "instrument_type": known.instrument_type,
         }
-    reason = "; ".join(problems)
     out.alerts.append(
         _alert(
             "INVALID_DATA",
