@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from mdstream.cli import main
 from mdstream.instruments import (
     Instrument,
     InstrumentMaster,
@@ -18,6 +20,7 @@ from mdstream.instruments import (
 )
 from mdstream.services import Endpoints
 from mdstream.storage import instruments as store
+from tests.shared_data import shared_path
 
 pytestmark = pytest.mark.services
 
@@ -93,3 +96,28 @@ async def test_reload_with_a_changed_history_replaces_it(conn: asyncpg.Connectio
         await store.lookup(conn, "GOOCV", dt.date(2014, 3, 28))
     back = await store.read_master(conn)
     assert back.resolve("GOOG", 1_400_000_000 * 10**9).instrument_id == "ID_C"  # 2014-05-13
+
+
+@pytest.mark.realdata
+async def test_cli_loads_the_reference_and_map_files(services: Endpoints) -> None:
+    qqq_map = shared_path("lean", "equity", "usa", "map_files", "qqq.csv")
+    qqq_id = "BBG000BSWKH7"  # QQQ's composite FIGI in the shipped reference file
+    args = [
+        "instruments",
+        "load",
+        "--dsn",
+        services.postgres_dsn,
+        "--map-file",
+        f"{qqq_id}={qqq_map}",
+    ]
+    # The CLI runs its own event loop: call it from a worker thread of this test's loop.
+    for _ in range(2):  # idempotent
+        assert await asyncio.to_thread(main, args) == 0
+    conn = await asyncpg.connect(services.postgres_dsn)
+    try:
+        renamed = await store.lookup(conn, "QQQQ", dt.date(2008, 1, 2))
+        assert renamed.instrument_id == qqq_id and renamed.symbol == "QQQQ"
+        with pytest.raises(UnknownInstrument):
+            await store.lookup(conn, "QQQ", dt.date(2008, 1, 2))
+    finally:
+        await conn.close()

@@ -7,12 +7,21 @@ that date", as `mdstream.instruments.InstrumentMaster.resolve` does in memory.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import asdict, fields
 
 import asyncpg
 
-from mdstream.instruments import Instrument, InstrumentMaster, SymbolPeriod, UnknownInstrument
+from mdstream.instruments import (
+    REFERENCE_FILE,
+    Instrument,
+    InstrumentMaster,
+    SymbolPeriod,
+    UnknownInstrument,
+    load_master,
+)
+from mdstream.services import endpoints
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instruments (
@@ -97,3 +106,40 @@ async def read_master(conn: asyncpg.Connection) -> InstrumentMaster:
     ):
         master.add_period(SymbolPeriod(*row.values()))
     return master
+
+
+async def _load_command(dsn: str, master: InstrumentMaster) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await load(conn, master)
+        return await conn.fetchval("SELECT count(*) FROM instruments")
+    finally:
+        await conn.close()
+
+
+def register(subparsers) -> None:
+    """`mdstream instruments load`: the reference file (and map files) into PostgreSQL."""
+    parser = subparsers.add_parser("instruments", help="instrument master")
+    actions = parser.add_subparsers(dest="action", required=True)
+    loader = actions.add_parser("load", help="load a reference CSV into PostgreSQL (idempotent)")
+    loader.add_argument("--reference", default=str(REFERENCE_FILE), help="reference CSV")
+    loader.add_argument(
+        "--map-file",
+        action="append",
+        default=[],
+        metavar="INSTRUMENT_ID=PATH",
+        help="a Lean map file giving an instrument's dated symbols (repeatable)",
+    )
+    loader.add_argument("--dsn", help="PostgreSQL DSN (default: the local service)")
+    loader.set_defaults(func=_run_load)
+
+
+def _run_load(args) -> int:
+    maps = dict(item.split("=", 1) for item in args.map_file)
+    master = load_master(args.reference, maps)
+    for issue in master.issues:
+        print(f"skipped {issue.field} of {issue.instrument}: {issue.reason}")
+    dsn = args.dsn or endpoints().postgres_dsn
+    total = asyncio.run(_load_command(dsn, master))
+    print(f"loaded {len(master.instruments)} instruments ({total} in the table)")
+    return 0
