@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from mdstream.bars import BarConventions, trade_bars
+from mdstream.normalise import DATABENTO, normalise
+from mdstream.processor import PipelineConfig, process_batch
 from tests.shared_data import shared_path
 
 pytestmark = pytest.mark.realdata
@@ -77,3 +80,55 @@ def test_the_oracle_tells_conventions_apart(
     at_end = trade_bars(trades, "1m", BarConventions(label="end"))
     assert at_end["ts"].to_list() != vendor_bars["ts"].to_list()
     assert trade_bars(trades, "2m").height != vendor_bars.height
+
+
+def test_the_streaming_pipeline_gives_the_same_minutes(
+    trades: pl.DataFrame, vendor_bars: pl.DataFrame
+) -> None:
+    """The 120 trades through the pipeline step (normalised floats, in batches of 7, as a feed
+    would bring them) give Databento's bars too."""
+    tape = normalise(trades.rename({"ts": "ts_event"}), DATABENTO)
+    cfg = PipelineConfig(intervals=("1m",))
+    state: dict = {}
+    bars = []
+    rows = tape.rows(named=True)
+    for lo in range(0, len(rows), 7):
+        out = process_batch(_raw_batch(rows[lo : lo + 7]), state, 0, cfg, 0)
+        assert out.dead_letters == [] and out.alerts == []
+        bars += out.bars
+    last = rows[-1]["ts"]
+    bars += process_batch(
+        _raw_batch([{**rows[-1], "ts": last + 120 * 10**9}]), state, 0, cfg, 0
+    ).bars
+    got = [
+        (b["window_start"], *(b["ohlcv"][f] for f in ("open", "high", "low", "close", "volume")))
+        for b in bars
+    ]
+    want = [
+        (r["ts"], *(r[f] / 1e9 for f in ("open", "high", "low", "close")), float(r["volume"]))
+        for r in vendor_bars.iter_rows(named=True)
+    ]
+    assert got == want
+
+
+def _raw_batch(rows: list[dict]) -> dict:
+    return {
+        "batchId": str(uuid.uuid4()),
+        "timestamp": rows[-1]["ts"],
+        "source": "databento",
+        "instrument": {"symbol": "ESU4", "exchange": "XCME", "isin": None},
+        "ticks": [
+            {
+                "kind": "TRADE",
+                "timestamp": r["ts"],
+                "provider_timestamp": r["ts"],
+                "price": r["price"],
+                "volume": r["size"],
+                "bid": None,
+                "ask": None,
+                "sequence": None,
+                "conditions": None,
+            }
+            for r in rows
+        ],
+    }
