@@ -9,6 +9,7 @@ import zipfile
 import polars as pl
 import pytest
 
+from mdstream.instruments import load_master
 from mdstream.normalise import (
     ALPACA,
     ALPHA_VANTAGE,
@@ -104,7 +105,7 @@ def test_alpha_vantage_local_bars() -> None:
     out = normalise(
         frame.with_columns(pl.col("open", "high", "low", "close").cast(pl.Float64)),
         ALPHA_VANTAGE,
-        tz="America/New_York",
+        tz=load_master().resolve("AAPL", _utc("2024-07-01T12:00:00+00:00")).timezone,
     )
     row = out.row(0, named=True)
     assert row["ts"] == _utc("2024-07-01T13:30:00+00:00")
