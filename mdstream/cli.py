@@ -12,6 +12,7 @@ _COMMAND_MODULES = [
     "mdstream.demo",
     "mdstream.storage.bar_sink",
     "mdstream.ingest.cli",
+    "mdstream.storage.instruments",
 ]
 
 

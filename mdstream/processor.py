@@ -24,6 +24,7 @@ from mdstream import bars as barlib
 from mdstream.batch import TickColumns, tick_event_id
 from mdstream.consensus import build_consensus
 from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.instruments import InstrumentMaster, ReferenceProblem, session_of
 from mdstream.validation import ValidationRules, validate
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ class PipelineConfig:
     default_expected_interval_ns: int = 1_000_000_000
     stale_factor: float = 2.0
     validation: ValidationRules = field(default_factory=ValidationRules)
+    # Window closure and stamp (see mdstream.bars); streaming publishes no bar for an empty window.
+    conventions: barlib.BarConventions = field(default_factory=barlib.BarConventions)
+    # How long after finality a bar can still be corrected by a late trade (0: never).
+    correction_retention_ns: int = 30_000_000_000
+    # The instrument master: batches of unknown symbols or with invalid identifiers are refused
+    # (alert + dead letter) and bars carry exchange, type and session. None: no reference checks.
+    instruments: InstrumentMaster | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.conventions.empty != "skip":
+            raise ValueError("streaming bars support only empty='skip' (no bar for no trades)")
 
     @property
     def interval_widths(self) -> dict[str, int]:
@@ -147,18 +159,26 @@ def _tick_payload(batch: Mapping[str, Any], index: int) -> bytes:
     ).encode()
 
 
-def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emitted_ns: int):
+def _bar_event(
+    bar: barlib.FinalBar,
+    state: Mapping[str, Any],
+    symbol: str,
+    emitted_ns: int,
+    cfg: PipelineConfig,
+):
     instrument = state.get("instrument", {})
     present = len(bar.providers_present)
     known = max(len(state.get("providers", {})), 1)
+    revision = (bar.revision,) if bar.revision else ()
     return {
-        "eventId": stable_id("bar", symbol, bar.interval, bar.window_start),
+        "eventId": stable_id("bar", symbol, bar.interval, bar.window_start, *revision),
         "timestamp": emitted_ns,
         "instrument": {
             "symbol": symbol,
             "exchange": instrument.get("exchange"),
             "isin": instrument.get("isin"),
-            "instrument_type": "EQUITY",
+            "instrument_type": instrument.get("instrument_type", "EQUITY"),
+            "instrument_id": instrument.get("instrument_id"),
         },
         "ohlcv": {
             "open": bar.open,
@@ -169,7 +189,7 @@ def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emit
             "vwap": bar.vwap,
             "trade_count": bar.trade_count,
         },
-        "timestamp_utc": bar.window_start,
+        "timestamp_utc": bar.window_end if cfg.conventions.label == "end" else bar.window_start,
         "interval": bar.interval,
         "window_start": bar.window_start,
         "window_end": bar.window_end,
@@ -184,6 +204,11 @@ def _bar_event(bar: barlib.FinalBar, state: Mapping[str, Any], symbol: str, emit
         },
         "adjustments_applied": [],
         "sources": [bar.source],
+        "revision": bar.revision,
+        "correction": bar.revision > 0,
+        "session": session_of(bar.window_start, instrument["exchange"])
+        if cfg.instruments is not None and instrument.get("exchange")
+        else None,
     }
 
 
@@ -195,19 +220,133 @@ def _close_partition_windows(
     emitted_ns: int,
 ) -> None:
     widths = cfg.interval_widths
+    closed = cfg.conventions.closed
     due = sorted(sym for sym, at in clock["open"].items() if at <= clock["t"])
     for symbol in due:
         inst = state[symbol]
+        retained = inst.setdefault("final", {}) if cfg.correction_retention_ns else None
         for bar in barlib.close_due(
-            inst["bars"], widths, clock["t"], cfg.grace_ns, cfg.provider_priority
+            inst["bars"], widths, clock["t"], cfg.grace_ns, cfg.provider_priority, closed, retained
         ):
-            out.bars.append(_bar_event(bar, inst, symbol, emitted_ns))
-        nxt = barlib.earliest_close(inst["bars"], widths, cfg.grace_ns)
+            out.bars.append(_bar_event(bar, inst, symbol, emitted_ns, cfg))
+        if retained is not None:
+            barlib.prune_retained(
+                retained, widths, clock["t"], cfg.grace_ns, cfg.correction_retention_ns, closed
+            )
+        nxt = barlib.earliest_close(inst["bars"], widths, cfg.grace_ns, closed)
         if nxt is None:
             del clock["open"][symbol]
         else:
             clock["open"][symbol] = nxt
         state[symbol] = inst
+
+
+def _reference(
+    batch: Mapping[str, Any],
+    cols: TickColumns,
+    master: InstrumentMaster,
+    out: StepOutput,
+    emitted_ns: int,
+    key: bytes | None,
+) -> dict[str, Any] | None:
+    """The master's view of the batch's instrument, or None after refusing the batch: an unknown
+    symbol or an identifier that is invalid or contradicts the master is never guessed."""
+    symbol = cols.symbol
+    at = int(cols.ts.min()) if len(cols) else cols.published_ns
+    try:
+        known = master.verify(symbol, at, batch["instrument"].get("isin"))
+    except ReferenceProblem as exc:
+        reason = str(exc)
+    else:
+        return {
+            "instrument_id": known.instrument_id,
+            "exchange": known.mic,
+            "isin": known.isin,
+            "instrument_type": known.instrument_type,
+        }
+    out.alerts.append(
+        _alert(
+            "INVALID_DATA",
+            "HIGH",
+            "RAISED",
+            cols.source,
+            symbol,
+            f"batch of {len(cols)} ticks refused: {reason}",
+            at,
+            batch["batchId"],
+        )
+    )
+    out.dead_letters.append(
+        dead_letter(
+            "reference",
+            reason,
+            json.dumps(batch, default=str, allow_nan=True).encode(),
+            emitted_ns=emitted_ns,
+            source=cols.source,
+            key=key,
+        )
+    )
+    return None
+
+
+def _correct_late(
+    inst: dict[str, Any],
+    clock: dict[str, Any],
+    symbol: str,
+    provider: str,
+    cols: TickColumns,
+    late: np.ndarray,
+    cfg: PipelineConfig,
+    out: StepOutput,
+    emitted_ns: int,
+) -> list[str | None]:
+    """Late trades revise their retained final bars (emitted as corrections); returns, per tick,
+    why it cannot be applied (None: applied, or not late)."""
+    reasons: list[str | None] = [None] * len(cols)
+    beyond = (
+        f"event time {{}} is beyond the grace period ({cfg.grace_ns} ns) of stream time "
+        f"{clock['t']}: its bars are already final"
+    )
+    for i in np.flatnonzero(late & ~cols.is_trade):
+        reasons[i] = beyond.format(int(cols.ts[i]))
+    trades = np.flatnonzero(late & cols.is_trade)
+    if not len(trades):
+        return reasons
+    if not cfg.correction_retention_ns:
+        for i in trades:
+            reasons[i] = beyond.format(int(cols.ts[i]))
+        return reasons
+    closed = cfg.conventions.closed
+    retained = inst.setdefault("final", {})
+    barlib.prune_retained(
+        retained,
+        cfg.interval_widths,
+        clock["t"],
+        cfg.grace_ns,
+        cfg.correction_retention_ns,
+        closed,
+    )
+    revised, refused = barlib.correct_late_trades(
+        inst["bars"],
+        retained,
+        cfg.interval_widths,
+        provider,
+        cols.ts[trades],
+        cols.price[trades],
+        cols.volume[trades],
+        clock["t"],
+        cfg.grace_ns,
+        cfg.correction_retention_ns,
+        cfg.outlier_rel,
+        closed,
+    )
+    for i, reason in zip(trades, refused, strict=True):
+        reasons[i] = reason
+    out.bars += [_bar_event(bar, inst, symbol, emitted_ns, cfg) for bar in revised]
+    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns, closed)
+    if nxt is not None:
+        clock["open"][symbol] = nxt
+    return reasons
 
 
 def process_batch(
@@ -230,7 +369,12 @@ def process_batch(
     symbol, provider = cols.symbol, cols.source
     clock = state.get(clock_key(partition)) or {"t": 0, "open": {}}
     inst = state.get(symbol) or {"providers": {}, "bars": {}, "instrument": {}}
-    if batch["instrument"].get("isin") or batch["instrument"].get("exchange"):
+    if cfg.instruments is not None:
+        reference = _reference(batch, cols, cfg.instruments, out, emitted_ns, key)
+        if reference is None:
+            return out  # refused: alert and dead letter, no state change
+        inst["instrument"] = reference
+    elif batch["instrument"].get("isin") or batch["instrument"].get("exchange"):
         inst["instrument"] = {
             "exchange": batch["instrument"].get("exchange"),
             "isin": batch["instrument"].get("isin"),
@@ -252,13 +396,16 @@ def process_batch(
             )
 
     finest = min(cfg.interval_widths.values())
-    late = ok & barlib.is_late(cols.ts, finest, clock["t"], cfg.grace_ns)
+    closed = cfg.conventions.closed
+    late = ok & barlib.is_late(cols.ts, finest, clock["t"], cfg.grace_ns, closed)
+    reasons = _correct_late(inst, clock, symbol, provider, cols, late, cfg, out, emitted_ns)
     for i in np.flatnonzero(late):
+        if reasons[i] is None:
+            continue
         out.dead_letters.append(
             dead_letter(
                 "late",
-                f"event time {int(cols.ts[i])} is beyond the grace period "
-                f"({cfg.grace_ns} ns) of stream time {clock['t']}: its bars are already final",
+                reasons[i],
                 _tick_payload(batch, int(i)),
                 emitted_ns=emitted_ns,
                 source=provider,
@@ -367,8 +514,9 @@ def process_batch(
         cols.ts[trades],
         cols.price[trades],
         cols.volume[trades],
+        closed,
     )
-    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns)
+    nxt = barlib.earliest_close(inst["bars"], cfg.interval_widths, cfg.grace_ns, closed)
     if nxt is not None:
         clock["open"][symbol] = nxt
     state[symbol] = inst

@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdstream.bars import BarConventions
+from mdstream.instruments import REFERENCE_FILE, InstrumentMaster, load_master
 from mdstream.processor import PipelineConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +20,11 @@ def _env(name: str, default: str) -> str:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _instruments(value: str) -> InstrumentMaster | None:
+    """`MDSTREAM_INSTRUMENTS`: the reference CSV the worker loads at start, or "none"."""
+    return None if value.strip().lower() in ("", "none") else load_master(value)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,11 @@ class Settings:
                 grace_ns=int(float(_env("GRACE_MS", "1000")) * 1e6),
                 provider_priority=_csv(_env("PROVIDER_PRIORITY", "alpaca,polygon,finnhub")),
                 outlier_rel=float(_env("OUTLIER_REL", "0.02")),
+                conventions=BarConventions(
+                    closed=_env("BAR_CLOSED", "left"), label=_env("BAR_LABEL", "start")
+                ),
+                correction_retention_ns=int(float(_env("CORRECTION_RETENTION_MS", "30000")) * 1e6),
+                instruments=_instruments(_env("INSTRUMENTS", str(REFERENCE_FILE))),
             ),
             postgres_dsn=os.environ.get("MDSTREAM_POSTGRES_DSN") or None,
             postgres_schema=os.environ.get("MDSTREAM_POSTGRES_SCHEMA") or None,

@@ -52,6 +52,7 @@ MS = 1_000_000
 T = 1_764_000_000 * S  # a minute boundary (1_764_000_000 is a multiple of 60)
 CFG = PipelineConfig()  # 1s and 1m bars, 1 s grace, alpaca > polygon > finnhub
 GRACE = CFG.grace_ns
+NO_CORRECTIONS = dataclasses.replace(CFG, correction_retention_ns=0)
 CONTRACTS = ContractSet.load()
 WIDTHS = {"1s": S, "1m": 60 * S}
 
@@ -241,10 +242,10 @@ def _batch(
     }
 
 
-def _feed(state: dict[str, Any], *batches: dict[str, Any]) -> StepOutput:
+def _feed(state: dict[str, Any], *batches: dict[str, Any], cfg: PipelineConfig = CFG) -> StepOutput:
     total = StepOutput()
     for b in batches:
-        total.add(process_batch(b, state, 0, CFG, emitted_ns=0))
+        total.add(process_batch(b, state, 0, cfg, emitted_ns=0))
     return total
 
 
@@ -276,18 +277,20 @@ def test_processor_bar_from_tied_timestamps_keeps_arrival_order() -> None:
 
 
 def test_late_tick_goes_to_dead_letters_and_changes_no_bar() -> None:
+    """With corrections off (no retention), a tick beyond grace is only dead-lettered."""
     state: dict[str, Any] = {}
     out = _feed(
         state,
         _batch("alpaca", [(T + 300 * MS, 10.0, 1), (T + 1500 * MS, 10.1, 1)]),
         _batch("alpaca", [(T + 2500 * MS, 10.2, 1)]),
+        cfg=NO_CORRECTIONS,
     )
     # Stream time T+2.5s: [T, T+1s) is final (T+2s ≤ T+2.5s), [T+1s, T+2s) is not (T+3s).
     assert list(_ohlcv(out)) == [T]
     bars_before = copy.deepcopy(state["AAPL"]["bars"])
 
     late = _batch("alpaca", [(T + 900 * MS, 99.0, 1000)])
-    out = _feed(state, late)
+    out = _feed(state, late, cfg=NO_CORRECTIONS)
     assert out.bars == [] and out.alerts == []
     (dl,) = out.dead_letters
     assert dl["stage"] == "late"
@@ -296,9 +299,13 @@ def test_late_tick_goes_to_dead_letters_and_changes_no_bar() -> None:
 
     # Within grace: the tick joins the still-open window [T+1s, T+2s); in the same batch a tick
     # of the final window is late and parked alone.
-    out = _feed(state, _batch("alpaca", [(T + 1200 * MS, 10.05, 2), (T + 100 * MS, 10.0, 1)]))
+    out = _feed(
+        state,
+        _batch("alpaca", [(T + 1200 * MS, 10.05, 2), (T + 100 * MS, 10.0, 1)]),
+        cfg=NO_CORRECTIONS,
+    )
     assert [d["stage"] for d in out.dead_letters] == ["late"]
-    out = _feed(state, _batch("alpaca", [(T + 3 * S, 10.2, 1)]))
+    out = _feed(state, _batch("alpaca", [(T + 3 * S, 10.2, 1)]), cfg=NO_CORRECTIONS)
     second = _ohlcv(out)[T + S]
     assert (second["open"], second["close"], second["volume"]) == (10.05, 10.1, 3)
     # The first window was emitted once, with its original values, and never again.
@@ -307,10 +314,11 @@ def test_late_tick_goes_to_dead_letters_and_changes_no_bar() -> None:
 
 def test_tick_exactly_at_end_plus_grace_is_late() -> None:
     state: dict[str, Any] = {}
-    _feed(state, _batch("alpaca", [(T + 100 * MS, 10.0, 1), (T + 2 * S, 10.0, 1)]))
-    out = _feed(state, _batch("alpaca", [(T + S - 1, 10.0, 1)]))  # its window closed at T+2s
+    cfg = NO_CORRECTIONS
+    _feed(state, _batch("alpaca", [(T + 100 * MS, 10.0, 1), (T + 2 * S, 10.0, 1)]), cfg=cfg)
+    out = _feed(state, _batch("alpaca", [(T + S - 1, 10.0, 1)]), cfg=cfg)  # closed at T+2s
     assert [d["stage"] for d in out.dead_letters] == ["late"]
-    out = _feed(state, _batch("alpaca", [(T + S, 10.0, 1)]))  # [T+1s, T+2s): final at T+3s
+    out = _feed(state, _batch("alpaca", [(T + S, 10.0, 1)]), cfg=cfg)  # final at T+3s
     assert out.dead_letters == []
 
 

@@ -89,6 +89,7 @@ RECORDS: dict[str, dict[str, Any]] = {
             "exchange": "XNAS",
             "isin": "US67066G1040",
             "instrument_type": "EQUITY",
+            "instrument_id": "BBG000BBJQV0",
         },
         "ohlcv": {
             "open": 141.9,
@@ -111,6 +112,9 @@ RECORDS: dict[str, dict[str, Any]] = {
         },
         "adjustments_applied": ["STOCK_SPLIT:2024-06-10"],
         "sources": ["alpaca"],
+        "revision": 0,
+        "correction": False,
+        "session": "REGULAR",
     },
     CORPORATE_ACTION: {
         "eventId": "1c5c0c0a-3f1d-5f0e-8f43-6c1d1c1e2f3a",
