@@ -1,0 +1,1 @@
+"""The ingestion edge: provider connections, rate limits, circuit breakers, failover, backfill."""
