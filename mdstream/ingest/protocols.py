@@ -80,7 +80,9 @@ class HistoricalSource(Protocol):
     provider: str
     max_span: timedelta
 
-    async def fetch(self, symbol: str, start: datetime, end: datetime, freq: str) -> ParseResult: ...
+    async def fetch(
+        self, symbol: str, start: datetime, end: datetime, freq: str
+    ) -> ParseResult: ...
 
 
 class NoLimit:

@@ -1,1 +1,1 @@
-"""Pure provider parsing: provider frames/files/SDK objects in, raw tick and bar records out. No I/O."""
+"""Pure provider parsing: frames, files and SDK objects in; raw tick and bar records out. No I/O."""

@@ -13,7 +13,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ProviderTick:
-    """A raw tick (a `RawTick` record of schemas/RawMarketDataBatch.avsc) with its symbol and source."""
+    """A raw tick (`RawTick` of schemas/RawMarketDataBatch.avsc) with its symbol and source."""
 
     provider: str
     symbol: str
