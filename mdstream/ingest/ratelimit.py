@@ -205,4 +205,3 @@ class TokenBucketLimiter:
             bucket.refill(now)
             bucket.tokens = min(bucket.tokens, 0.0)
             bucket.stamp = now + seconds
-
