@@ -31,6 +31,8 @@ CORPORATE_ACTION = "CorporateActionAppliedEvent"
 ALERT = "DataQualityAlertEvent"
 DEAD_LETTER = "DeadLetter"
 CONTRACTS = (RAW_BATCH, RAW_EVENT, NORMALIZED, CORPORATE_ACTION, ALERT, DEAD_LETTER)
+RAW_BARS = "RawBarBatch"
+CONTRACTS += (RAW_BARS,)
 
 
 class DecodeError(ValueError):
