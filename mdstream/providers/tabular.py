@@ -64,7 +64,7 @@ class ColumnMap:
         return cls(**pairs)
 
 
-def _epoch_ns(values: pl.Series, time_unit: str, tz: str) -> pl.Series:
+def timestamps_ns(values: pl.Series, time_unit: str, tz: str) -> pl.Series:
     """Any supported timestamp column → Int64 epoch ns UTC (null where unreadable)."""
     dtype = values.dtype
     if dtype.is_integer():
@@ -121,7 +121,7 @@ def _normalise(
         raise KeyError(f"missing columns {missing} (have {frame.columns})")
     exprs = [
         pl.col(cols.symbol).cast(pl.String, strict=False).alias("symbol"),
-        pl.lit(_epoch_ns(frame[cols.timestamp], time_unit, tz)).alias("timestamp"),
+        pl.lit(timestamps_ns(frame[cols.timestamp], time_unit, tz)).alias("timestamp"),
     ]
     for ours in numeric:
         exprs.append(_float(frame, getattr(cols, ours)).alias(ours))
@@ -159,7 +159,7 @@ def frame_ticks(
     extra = {}
     if cols.provider_timestamp in frame.columns:
         extra["provider_timestamp"] = pl.lit(
-            _epoch_ns(frame[cols.provider_timestamp], time_unit, tz)
+            timestamps_ns(frame[cols.provider_timestamp], time_unit, tz)
         )
     if cols.kind in frame.columns:
         extra["kind"] = pl.col(cols.kind).cast(pl.String).str.to_uppercase()
