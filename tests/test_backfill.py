@@ -89,6 +89,7 @@ async def test_interrupted_backfill_resumes_without_loss_or_duplicates(services,
         source_key(paths),
     )
     cols = "symbol=sym,timestamp=ts_ns,price=px,volume=qty,sequence=seq"
+
     def source():
         return TableFileSource(
             paths, provider="csvfile", columns=ColumnMap.parse(cols), max_span=timedelta(hours=1)
@@ -203,3 +204,91 @@ async def test_databento_bars_and_trades(services, tmp_path):
             prices[-1],
         )
         assert bar["volume"] == sum(tk["volume"] for tk in ticks)
+
+
+async def test_cli_killed_mid_run_resumes(services, tmp_path):
+    """`mdstream backfill` SIGKILLed mid-run, then run again twice: all rows once, then nothing."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    frame = pl.DataFrame(
+        {
+            "symbol": rng.choice(["AAPL", "MSFT"], n),
+            "timestamp": (START.timestamp() * 1e9 + np.sort(rng.uniform(0, 7200e9, n))).astype(
+                np.int64
+            ),
+            "price": np.round(rng.uniform(100, 200, n), 2),
+            "volume": rng.integers(1, 500, n).astype(float),
+        }
+    )
+    path = tmp_path / "ticks.parquet"
+    frame.write_parquet(path)
+    name = f"bf-{uuid.uuid4().hex[:8]}"
+    t = topics(services, name)
+    progress_file = tmp_path / "progress.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mdstream.cli",
+        "backfill",
+        "--provider",
+        "file",
+        "--files",
+        str(path),
+        "--symbols",
+        "AAPL,MSFT",
+        "--start",
+        START.isoformat(),
+        "--end",
+        (START + timedelta(hours=2)).isoformat(),
+        "--max-span",
+        "1m",
+        "--batch-size",
+        "20",
+        "--progress-file",
+        str(progress_file),
+        "--ticks-topic",
+        t.ticks,
+        "--bars-topic",
+        t.bars,
+        "--dead-letter-topic",
+        t.dead_letter,
+    ]
+    env = {**os.environ, "MDSTREAM_PARTITIONS": "2"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            chunks = json.loads(progress_file.read_text())["chunks"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            chunks = {}
+        if sum(c["state"] == "done" for c in chunks.values()) >= 30:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "already done" in done.stderr
+    got, n_messages = read_back(services, t)
+    ids = [b["batchId"] for b in got[RAW_BATCH]]
+    assert len(ids) == len(set(ids))
+    published = Counter(
+        (b["instrument"]["symbol"], tk["timestamp"], tk["price"])
+        for b in got[RAW_BATCH]
+        for tk in b["ticks"]
+    )
+    assert published == Counter(
+        (r["symbol"], r["timestamp"], r["price"]) for r in frame.iter_rows(named=True)
+    )
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "published 0 messages" in again.stderr
+    assert read_back(services, t)[1] == n_messages
