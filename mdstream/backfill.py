@@ -18,7 +18,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from mdstream.bars import interval_ns
 from mdstream.ingest.backfill import (
     BackfillInterrupted,
     Job,
@@ -42,8 +41,18 @@ def parse_time(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+_SPAN_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
 def parse_span(text: str) -> timedelta:
-    return timedelta(microseconds=interval_ns(text) // 1_000)
+    """``30s``, ``15m``, ``1h``, ``7d``."""
+    try:
+        span = timedelta(**{_SPAN_UNITS[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"bad span {text!r}: use <n>s/m/h/d") from None
+    if span <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"span must be positive: {text!r}")
+    return span
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
