@@ -61,12 +61,13 @@ class AlphaVantageEmulator:
         self.calls: list[dict[str, str]] = []
         self._minute: deque[float] = deque()
         self._day: list[float] = []
-        self._fail: list[int] = []
+        self._fail: list[tuple[int, float | None]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    def fail_next(self, n: int, status: int = 503) -> None:
-        self._fail += [status] * n
+    def fail_next(self, n: int, status: int = 503, retry_after: float | None = None) -> None:
+        """Answer the next `n` calls with HTTP `status` (and a Retry-After header if given)."""
+        self._fail += [(status, retry_after)] * n
 
     async def start(self) -> str:
         app = web.Application()
@@ -87,7 +88,9 @@ class AlphaVantageEmulator:
         q = dict(request.query)
         self.calls.append(q)
         if self._fail:
-            return web.Response(status=self._fail.pop(0), text="upstream unavailable")
+            status, retry_after = self._fail.pop(0)
+            headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+            return web.Response(status=status, text="upstream unavailable", headers=headers)
         if q.get("apikey") != self.api_key:
             return web.json_response(
                 {

@@ -300,3 +300,18 @@ async def test_backfill_intraday_month_into_raw_bars(services, tmp_path):
         assert {c["month"] for c in emu.calls} == {"2024-06", "2024-07"}
     finally:
         await emu.stop()
+
+
+async def test_http_429_retry_after_is_honoured():
+    emu = AlphaVantageEmulator(per_minute=1000)
+    url = await emu.start()
+    try:
+        emu.fail_next(1, status=429, retry_after=0.6)
+        async with AlphaVantageClient("demo-key", base_url=url, limiter=unlimited()) as client:
+            t0 = time.monotonic()
+            r = await client.query({"function": "GLOBAL_QUOTE", "symbol": "IBM"}, "IBM")
+            waited = time.monotonic() - t0
+        assert len(r.ticks) == 1 and len(emu.calls) == 2
+        assert waited >= 0.6  # the second call was not made before the server's Retry-After
+    finally:
+        await emu.stop()
