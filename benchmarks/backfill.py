@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from mdstream.bus import ensure_topics
-from mdstream.ingest.backfill import Job, KafkaOutput, Progress, Topics, run_backfill
+from mdstream.ingest.backfill import Job, KafkaOutput, Progress, TargetTopics, run_backfill
 from mdstream.ingest.files import DatabentoFileSource, TableFileSource
 from mdstream.services import ensure_up
 
@@ -59,7 +59,7 @@ def generate(n: int, directory: Path) -> tuple[Path, Path]:
 
 async def one_run(name, source, symbols, start, end, bootstrap, batch, tmp) -> None:
     prefix = f"bench-bf-{uuid.uuid4().hex[:8]}"
-    topics = Topics(f"{prefix}.raw.ticks", f"{prefix}.raw.bars", f"{prefix}.deadletter")
+    topics = TargetTopics(f"{prefix}.raw.ticks", f"{prefix}.raw.bars", f"{prefix}.deadletter")
     ensure_topics(bootstrap, topics.all(), 2)
     t0 = time.monotonic()
     await source.fetch(symbols[0], start, start + timedelta(seconds=1), "tick")  # load the files

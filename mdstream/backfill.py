@@ -23,7 +23,7 @@ from mdstream.ingest.backfill import (
     Job,
     KafkaOutput,
     Progress,
-    Topics,
+    TargetTopics,
     progress_path,
     run_backfill,
     source_key,
@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     from mdstream.settings import settings
 
     prefix = os.environ.get("MDSTREAM_TOPIC_PREFIX", "")
-    topics = Topics(
+    topics = TargetTopics(
         args.ticks_topic or settings.topics.raw,
         args.bars_topic or f"{prefix}md.raw.bars",
         args.dead_letter_topic or settings.topics.dead_letter,

@@ -261,13 +261,13 @@ async def test_outage_opens_the_breaker(services):
 async def test_backfill_intraday_month_into_raw_bars(services, tmp_path):
     from mdstream.bus import decode_records, ensure_topics, read_all
     from mdstream.contracts import RAW_BARS, ContractSet
-    from mdstream.ingest.backfill import Job, KafkaOutput, Progress, Topics, run_backfill
+    from mdstream.ingest.backfill import Job, KafkaOutput, Progress, TargetTopics, run_backfill
 
     emu = AlphaVantageEmulator(per_minute=1000, per_day=1000)
     url = await emu.start()
     try:
         name = f"av-{uuid.uuid4().hex[:8]}"
-        t = Topics(f"{name}.md.raw.ticks", f"{name}.md.raw.bars", f"{name}.md.deadletter")
+        t = TargetTopics(f"{name}.md.raw.ticks", f"{name}.md.raw.bars", f"{name}.md.deadletter")
         ensure_topics(services.kafka_bootstrap, t.all(), 2)
         client = AlphaVantageClient("demo-key", base_url=url, limiter=unlimited())
         source = AlphaVantageSource(client)

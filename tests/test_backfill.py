@@ -17,7 +17,7 @@ from mdstream.ingest.backfill import (
     Job,
     KafkaOutput,
     Progress,
-    Topics,
+    TargetTopics,
     run_backfill,
     source_key,
 )
@@ -57,13 +57,13 @@ def tick_file(tmp_path, fmt: str) -> tuple[list, pl.DataFrame]:
     return [path], frame
 
 
-def topics(services, name: str) -> Topics:
-    t = Topics(f"{name}.md.raw.ticks", f"{name}.md.raw.bars", f"{name}.md.deadletter")
+def topics(services, name: str) -> TargetTopics:
+    t = TargetTopics(f"{name}.md.raw.ticks", f"{name}.md.raw.bars", f"{name}.md.deadletter")
     ensure_topics(services.kafka_bootstrap, t.all(), 2)
     return t
 
 
-def read_back(services, t: Topics):
+def read_back(services, t: TargetTopics):
     out: dict[str, list] = {RAW_BATCH: [], RAW_BARS: [], DEAD_LETTER: []}
     records = read_all(services.kafka_bootstrap, t.all(), idle_s=1.5)
     for _, name, value in decode_records(records, CONTRACTS):
@@ -292,3 +292,12 @@ async def test_cli_killed_mid_run_resumes(services, tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "published 0 messages" in again.stderr
     assert read_back(services, t)[1] == n_messages
+
+
+def test_progress_file_of_another_job_is_refused(tmp_path):
+    a = Job("file", ("AAPL",), START, START + timedelta(hours=1), "tick", "x")
+    b = Job("file", ("MSFT",), START, START + timedelta(hours=1), "tick", "x")
+    Progress(tmp_path / "p.json", a, 10).set("c", state="done", offsets={})
+    assert Progress(tmp_path / "p.json", a, 99).batch_size == 10  # resumed jobs keep their size
+    with pytest.raises(ValueError, match="another job"):
+        Progress(tmp_path / "p.json", b, 10)

@@ -143,4 +143,3 @@ def test_databento_trades_mbp1_ohlcv():
 def test_dbn_garbage_is_an_error(data):
     r = parse_dbn(data)
     assert not r.ticks and not r.bars and r.errors
-

@@ -13,7 +13,9 @@ idempotence comes from deterministic message ids and a progress file instead:
    the ids already there are not sent again. A chunk never started is sent whole.
 
 So a crash anywhere (before, during or after the sends of a chunk) neither loses nor duplicates a
-message, and re-running a finished job publishes nothing.
+message, and re-running a finished job publishes nothing. This needs a source that returns the same
+records for the same chunk (files do; a REST provider that revised its history between the crash
+and the resume would have its revised chunk re-sent under the old ids where they overlap).
 
 Progress lives in a JSON file (``$MDSTREAM_RUN_DIR/backfill/<job>.json``), replaced atomically
 (write, fsync, rename). A file rather than PostgreSQL: a backfill is one process, and it must
@@ -125,6 +127,11 @@ class Progress:
         }
         if path.exists():
             stored = json.loads(path.read_text())
+            if stored.get("job") != json.loads(json.dumps(self.data["job"])):
+                raise ValueError(
+                    f"{path} records another job ({stored.get('job')}); "
+                    "use a progress file of its own for this one"
+                )
             self.data["chunks"] = stored.get("chunks", {})
             # Message ids depend on the batch size: a resumed job keeps the one it started with.
             self.data["batch_size"] = stored.get("batch_size", batch_size)
@@ -151,7 +158,7 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class Topics:
+class TargetTopics:
     ticks: str
     bars: str
     dead_letter: str
@@ -172,7 +179,7 @@ class Message:
 class KafkaOutput:
     """The producer side and the read-back a resume needs."""
 
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
+    def __init__(self, bootstrap: str, topics: TargetTopics) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self._producer = Producer(
@@ -317,7 +324,7 @@ def chunk_messages(
     job_id: str,
     chunk: Chunk,
     parsed: ParseResult,
-    topics: Topics,
+    topics: TargetTopics,
     contracts: ContractSet,
     batch_size: int,
     now_ns: int,
@@ -475,7 +482,7 @@ async def run_backfill(
     job: Job,
     output: Output,
     progress: Progress,
-    topics: Topics,
+    topics: TargetTopics,
     *,
     contracts: ContractSet | None = None,
     bar_stream: TextIO | None = sys.stderr,
