@@ -315,3 +315,62 @@ async def test_http_429_retry_after_is_honoured():
         assert waited >= 0.6  # the second call was not made before the server's Retry-After
     finally:
         await emu.stop()
+
+
+@pytest.mark.services
+async def test_backfill_command_against_the_emulator(services, tmp_path):
+    """`mdstream backfill --provider alpha_vantage` end to end: daily bars into md.raw.bars."""
+    import asyncio
+    import os
+    import sys
+
+    from mdstream.bus import decode_records, read_all
+    from mdstream.contracts import RAW_BARS, ContractSet
+
+    emu = AlphaVantageEmulator(api_key="k3y", per_minute=1000, per_day=1000)
+    url = await emu.start()
+    prefix = f"avcli-{uuid.uuid4().hex[:8]}."
+    env = {
+        **os.environ,
+        "MDSTREAM_ALPHA_VANTAGE_URL": url,
+        "ALPHA_VANTAGE_API_KEY": "k3y",
+        "MDSTREAM_ALPHA_VANTAGE_PER_MINUTE": "1000",
+        "MDSTREAM_TOPIC_PREFIX": prefix,
+        "MDSTREAM_PARTITIONS": "2",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "mdstream.cli",
+        "backfill",
+        "--provider",
+        "alpha_vantage",
+        "--symbols",
+        "IBM,AAPL",
+        "--start",
+        "2024-03-01",
+        "--end",
+        "2024-05-01",
+        "--freq",
+        "1d",
+        "--progress-file",
+        str(tmp_path / "p.json"),
+        "--no-progress-bar",
+    ]
+    try:
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        assert "k3y" not in err.decode()
+    finally:
+        await emu.stop()
+    records = read_all(services.kafka_bootstrap, [f"{prefix}md.raw.bars"], 1.5)
+    batches = [v for _, n, v in decode_records(records, ContractSet.load()) if n == RAW_BARS]
+    days = {(b["instrument"]["symbol"], bar["start"]) for b in batches for bar in b["bars"]}
+    from datetime import date, timedelta
+
+    weekdays = sum(
+        (date(2024, 3, 1) + timedelta(days=i)).weekday() < 5 for i in range(61)
+    )  # March and April 2024 (the emulator has no holidays)
+    assert len(days) == 2 * weekdays == 86
+    assert {b["interval"] for b in batches} == {"1d"}

@@ -23,7 +23,13 @@ from pathlib import Path
 import aiohttp
 
 from mdstream.ingest.protocols import AlwaysClosed, Breaker, Limiter, TickSink
-from mdstream.ingest.ratelimit import ALL_ENDPOINTS, TokenBucketLimiter, parse_retry_after
+from mdstream.ingest.ratelimit import (
+    ALL_ENDPOINTS,
+    LimitSpec,
+    Rate,
+    TokenBucketLimiter,
+    parse_retry_after,
+)
 from mdstream.providers.alpha_vantage import PROVIDER, parse_body
 from mdstream.providers.base import FrameError, ParseResult
 
@@ -49,6 +55,16 @@ def api_key_from_env(env: dict[str, str] | None = None) -> str:
     raise RuntimeError(
         "Alpha Vantage needs an API key: set ALPHA_VANTAGE_API_KEY or ALPHA_VANTAGE_API_KEY_FILE"
     )
+
+
+def limits_from_env(env: dict[str, str] | None = None) -> LimitSpec:
+    env = dict(os.environ) if env is None else env
+    per_minute = int(env.get("MDSTREAM_ALPHA_VANTAGE_PER_MINUTE", "5"))
+    per_day = int(env.get("MDSTREAM_ALPHA_VANTAGE_PER_DAY", "25"))
+    rates = [Rate(per_minute, 60.0, burst=max(1, per_minute // 5))]
+    if per_day > 0:
+        rates.append(Rate(per_day, 86_400.0, burst=max(1, per_day // 2)))
+    return LimitSpec(provider=tuple(rates))
 
 
 def _seconds_to_utc_midnight(now: datetime | None = None) -> float:
@@ -168,10 +184,13 @@ class AlphaVantageSource:
 
     @classmethod
     def from_env(cls) -> AlphaVantageSource:
+        """Key as in `api_key_from_env`; ``MDSTREAM_ALPHA_VANTAGE_URL``; a premium key's limits
+        in ``MDSTREAM_ALPHA_VANTAGE_PER_MINUTE`` (5) and ``..._PER_DAY`` (25; 0 = no daily cap)."""
         return cls(
             AlphaVantageClient(
                 api_key_from_env(),
                 base_url=os.environ.get("MDSTREAM_ALPHA_VANTAGE_URL", DEFAULT_URL),
+                limiter=TokenBucketLimiter(PROVIDER, limits_from_env()),
             )
         )
 
