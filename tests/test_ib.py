@@ -7,6 +7,8 @@ import math
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ib_async import BarData, Stock, Ticker
 
 from mdstream.ingest.ib import IBHistoricalSource, IBMarketData, ib_end_datetime
@@ -182,3 +184,25 @@ async def test_historical_source_requests_and_pacing():
     assert fake.requests[0][1]["formatDate"] == 2
     with pytest.raises(ValueError):
         await source.fetch("AAPL", end - timedelta(minutes=2), end, "1d")
+
+
+_num = st.one_of(
+    st.none(),
+    st.just(-1),
+    st.just(-1.0),
+    st.floats(allow_nan=True),
+    st.integers(-5, 10**6),
+    st.text(max_size=4),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_num, _num, _num, _num, st.sampled_from([T0, None, datetime(2024, 7, 1, 13, 30)]))
+def test_ticker_fuzz_never_raises_and_never_emits_sentinels(bid, ask, last, size, when):
+    t = ticker(bid=bid, ask=ask, last=last, lastSize=size)
+    t.time = when
+    r = ticker_ticks(t, received_ns=1)
+    assert r.ticks or r.errors
+    for tk in r.ticks:
+        for k in ("price", "bid", "ask"):
+            assert tk.tick[k] is None or (math.isfinite(tk.tick[k]) and tk.tick[k] != -1)

@@ -7,6 +7,8 @@ import importlib.util
 from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mdstream.ingest.terminals import BLPAPI_HINT, BloombergMarketData, LSEGPricing, SdkMissing
 from mdstream.providers import bloomberg, lseg
@@ -162,3 +164,69 @@ def test_bloomberg_without_sdk_says_what_to_install():
 def test_lseg_without_sdk_says_what_to_install():
     with pytest.raises(SdkMissing, match="pip install lseg-data"):
         LSEGPricing(Sink())
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.integers(),
+    st.text(max_size=8),
+    st.datetimes(timezones=st.none() | st.just(UTC)),
+    st.dates(),
+)
+_fields = [
+    "MKTDATA_EVENT_TYPE",
+    "LAST_TRADE",
+    "LAST_PRICE",
+    "SIZE_LAST_TRADE",
+    "BID",
+    "ASK",
+    "TRADE_UPDATE_STAMP_RT",
+    "BID_UPDATE_STAMP_RT",
+    "TRDPRC_1",
+    "TRDVOL_1",
+    "SALTIM_MS",
+    "TRADE_DATE",
+    "OPEN",
+    "HIGH",
+    "LOW",
+    "CLOSE",
+    "VOLUME",
+    "time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "numEvents",
+    "value",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(_fields) | st.text(max_size=6), _values, max_size=8),
+    st.sampled_from(["TRADE", "QUOTE", "SUMMARY", None, "X"]),
+)
+def test_sdk_parsers_never_raise(fields, event):
+    """Whatever fields arrive, the parsers give ticks/bars/errors/control, never an exception."""
+    fields = dict(fields)
+    if event is not None:
+        fields["MKTDATA_EVENT_TYPE"] = event
+    for r in (
+        bloomberg.market_data("IBM US Equity", fields, 1),
+        bloomberg.intraday_bars("IBM US Equity", {"barData": {"barTickData": [fields]}}, "1m"),
+        bloomberg.historical_bars(
+            {"securityData": {"security": "IBM US Equity", "fieldData": [fields]}}
+        ),
+        lseg.pricing_update("IBM.N", fields, 1),
+        lseg.history_rows("IBM.N", [(fields.get("time"), fields)], "1m"),
+    ):
+        assert r.ticks or r.bars or r.errors or r.control
+        for t in r.ticks:
+            assert (
+                t.tick["price"] is not None
+                or t.tick["bid"] is not None
+                or (t.tick["ask"] is not None)
+            )
