@@ -162,3 +162,22 @@ async def test_alert_reaches_the_alerts_topic(redis, services):
     assert raised["timestamp"] >= t0
     assert cleared["status"] == "CLEARED"
     assert records[0][0].key == b"polygon"
+
+
+async def test_alert_that_failed_to_publish_is_retried(redis):
+    prefix = f"t-{uuid.uuid4().hex}:"
+    sent: list[dict] = []
+    down = True
+
+    async def flaky(record: dict) -> None:
+        if down:
+            raise ConnectionError("kafka down")
+        sent.append(record)
+
+    a = breaker(redis, prefix, CollectorRegistry(), publish=flaky)
+    for _ in range(3):
+        await a.record_failure("x")  # opens; the alert cannot be published yet
+    assert await a.state() == BreakerState.OPEN and sent == []
+    down = False
+    await a.allow()  # any later call delivers it
+    assert [x["status"] for x in sent] == ["RAISED"]

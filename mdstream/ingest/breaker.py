@@ -188,6 +188,7 @@ class RedisBreaker:
         self._script = redis.register_script(_SCRIPT)
         self._gauge = breaker_gauge(registry).labels(provider=provider)
         self._last_reason = ""
+        self._unsent: list[dict[str, Any]] = []
 
     async def _run(self, op: str) -> Outcome:
         c = self.config
@@ -208,6 +209,7 @@ class RedisBreaker:
         self._gauge.set(int(out.state))
         if out.transition:
             log.warning("breaker %s: %s (outage %d)", self.provider, out.transition, out.outage)
+        await self._send_unsent()
         await self._alert_on(out)
         return out
 
@@ -222,9 +224,21 @@ class RedisBreaker:
             )
         else:
             status, text = "CLEARED", f"{self.provider} available again: circuit breaker closed"
-        await self._publish(
+        self._unsent.append(
             source_unavailable_alert(self.provider, status, out.outage, time.time_ns(), text)
         )
+        await self._send_unsent()
+
+    async def _send_unsent(self) -> None:
+        """Publish pending alerts in order; one that fails stays pending and is retried at the
+        next breaker call (its id is deterministic, so a retry is recognisably the same alert)."""
+        while self._unsent and self._publish is not None:
+            try:
+                await self._publish(self._unsent[0])
+            except Exception:
+                log.exception("breaker %s: alert not published; will retry", self.provider)
+                return
+            self._unsent.pop(0)
 
     async def allow(self) -> bool:
         return (await self._run("allow")).allowed
