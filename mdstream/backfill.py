@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--files", nargs="+", type=Path, help="input files (file, databento)")
     p.add_argument("--columns", help="column mapping ours=theirs,... (file)")
     p.add_argument("--source-name", default="file", help="source name of file records (file)")
+    p.add_argument("--file-symbol", help="symbol of every row of a file with no symbol column")
     p.add_argument("--tz", default="UTC", help="zone of naive timestamps in files (file)")
     p.add_argument("--time-unit", default="ns", choices=("ns", "us", "ms", "s"))
     p.add_argument("--max-span", type=parse_span, help="chunk width, e.g. 1h (default: source's)")
@@ -94,6 +95,7 @@ def build_source(args: argparse.Namespace) -> tuple[HistoricalSource, str]:
             columns=ColumnMap.parse(args.columns),
             time_unit=args.time_unit,
             tz=args.tz,
+            symbol=args.file_symbol,
         )
         key = source_key(args.files)
     elif args.provider == "databento":

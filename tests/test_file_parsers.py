@@ -143,3 +143,29 @@ def test_databento_trades_mbp1_ohlcv():
 def test_dbn_garbage_is_an_error(data):
     r = parse_dbn(data)
     assert not r.ticks and not r.bars and r.errors
+
+
+@pytest.mark.realdata
+async def test_single_symbol_file_source_slices_by_time():
+    from datetime import UTC, datetime
+
+    from mdstream.ingest.files import TableFileSource
+
+    path = shared_path("yahoo", "AAPL.csv")
+    source = TableFileSource(
+        [path],
+        provider="yahoo",
+        columns=ColumnMap.parse("timestamp=day"),
+        tz="America/New_York",
+        symbol="AAPL",
+    )
+    march = await source.fetch(
+        "AAPL", datetime(2014, 3, 1, tzinfo=UTC), datetime(2014, 4, 1, tzinfo=UTC), "1d"
+    )
+    assert len(march.bars) == 21 and {b.symbol for b in march.bars} == {"AAPL"}
+    assert (
+        await source.fetch(
+            "MSFT", datetime(2014, 3, 1, tzinfo=UTC), datetime(2014, 4, 1, tzinfo=UTC), "1d"
+        )
+    ).bars == []
+    assert (await source.unplaced("1d")).errors == []

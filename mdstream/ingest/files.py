@@ -50,6 +50,7 @@ class TableFileSource:
         time_unit: str = "ns",
         tz: str = "UTC",
         max_span: timedelta = timedelta(days=1),
+        symbol: str | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.provider = provider
@@ -57,6 +58,8 @@ class TableFileSource:
         self.time_unit = time_unit
         self.tz = tz
         self.max_span = max_span
+        # The symbol of every row, for single-instrument files without a symbol column.
+        self.symbol = symbol
         self._frame: pl.DataFrame | None = None
         self._unplaced: pl.DataFrame | None = None
         self._load_lock = asyncio.Lock()
@@ -65,6 +68,10 @@ class TableFileSource:
         frames = [_read_table(p) for p in self.paths]
         frame = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         cols = self.columns
+        if self.symbol is not None:
+            if cols.symbol in frame.columns:
+                raise ValueError(f"{self.paths}: has a {cols.symbol!r} column; drop the symbol")
+            frame = frame.with_columns(pl.lit(self.symbol).alias(cols.symbol))
         for name in (cols.symbol, cols.timestamp):
             if name not in frame.columns:
                 raise ValueError(f"{self.paths}: no column {name!r} (have {frame.columns})")
