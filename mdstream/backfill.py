@@ -128,12 +128,13 @@ def main(args: argparse.Namespace) -> int:
     job = Job(source.provider, symbols, args.start, args.end, args.freq, key)
     path = args.progress_file or progress_path(ServiceSettings.from_env().run_dir, job)
     progress = Progress(path, job, args.batch_size)
+    output = KafkaOutput(settings.bootstrap, topics)
     try:
         summary = asyncio.run(
             run_backfill(
                 source,
                 job,
-                KafkaOutput(settings.bootstrap, topics),
+                output,
                 progress,
                 topics,
                 bar_stream=None if args.no_progress_bar else sys.stderr,
@@ -142,5 +143,7 @@ def main(args: argparse.Namespace) -> int:
     except BackfillInterrupted as exc:
         print(exc.summary.text(), file=sys.stderr)
         return 130 if isinstance(exc.__cause__, KeyboardInterrupt) else 1
+    finally:
+        output.close()
     print(summary.text(), file=sys.stderr)
     return 0

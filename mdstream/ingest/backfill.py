@@ -191,6 +191,8 @@ class KafkaOutput:
             }
         )
         self._errors: list[str] = []
+        self._offsets_client: Consumer | None = None
+        self._offset_partitions: list[TopicPartition] = []
 
     def _partitions(self, consumer: Consumer) -> list[TopicPartition]:
         meta = consumer.list_topics(timeout=30).topics
@@ -225,14 +227,19 @@ class KafkaOutput:
                 time.sleep(0.2)
 
     def end_offsets(self) -> dict[str, dict[str, int]]:
-        consumer = self._consumer()
-        try:
-            ends: dict[str, dict[str, int]] = {}
-            for tp in self._partitions(consumer):
-                ends.setdefault(tp.topic, {})[str(tp.partition)] = self._high(consumer, tp)
-            return ends
-        finally:
-            consumer.close()
+        # One long-lived client for these per-chunk queries: creating one costs more than asking.
+        if self._offsets_client is None:
+            self._offsets_client = self._consumer()
+            self._offset_partitions = self._partitions(self._offsets_client)
+        ends: dict[str, dict[str, int]] = {}
+        for tp in self._offset_partitions:
+            ends.setdefault(tp.topic, {})[str(tp.partition)] = self._high(self._offsets_client, tp)
+        return ends
+
+    def close(self) -> None:
+        if self._offsets_client is not None:
+            self._offsets_client.close()
+            self._offsets_client = None
 
     def ids_since(self, offsets: dict[str, dict[str, int]]) -> set[str]:
         """Message ids on the topics from `offsets` up to their current ends."""
@@ -296,20 +303,7 @@ class KafkaOutput:
 
 
 class Output(Protocol):
-    @staticmethod
-    def _high(consumer: Consumer, tp: TopicPartition) -> int:
-        """The partition's end offset, waiting out a new topic's leader election."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return consumer.get_watermark_offsets(tp, timeout=30)[1]
-            except KafkaException as exc:
-                err = exc.args[0]
-                if time.monotonic() > deadline or not (
-                    err.retriable() or err.code() in _LEADERLESS
-                ):
-                    raise
-                time.sleep(0.2)
+    """Where `run_backfill` sends (KafkaOutput; tests may use another)."""
 
     def end_offsets(self) -> dict[str, dict[str, int]]: ...
 
