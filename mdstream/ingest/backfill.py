@@ -500,6 +500,7 @@ async def run_backfill(
             if entry and entry["state"] == "done":
                 summary.skipped_done += 1
                 done += 1
+                bar.update(done, summary.ticks + summary.bars)
                 continue
             if chunk.symbol == UNPLACED:
                 parsed = await source.unplaced(job.freq)  # type: ignore[attr-defined]
