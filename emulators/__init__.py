@@ -1,1 +1,4 @@
-"""Loopback emulators of the providers' documented websocket and REST protocols (test tools)."""
+"""Local emulators of provider APIs (loopback servers speaking their documented protocols).
+
+Test tools of ours, not part of the shipped package.
+"""

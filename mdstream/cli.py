@@ -13,6 +13,7 @@ _COMMAND_MODULES = [
     "mdstream.storage.bar_sink",
     "mdstream.ingest.cli",
     "mdstream.storage.instruments",
+    "mdstream.backfill",
 ]
 
 

@@ -31,7 +31,17 @@ CORPORATE_ACTION = "CorporateActionAppliedEvent"
 ALERT = "DataQualityAlertEvent"
 DEAD_LETTER = "DeadLetter"
 ANNOUNCEMENT = "CorporateActionAnnouncement"
-CONTRACTS = (RAW_BATCH, RAW_EVENT, NORMALIZED, CORPORATE_ACTION, ALERT, DEAD_LETTER, ANNOUNCEMENT)
+RAW_BARS = "RawBarBatch"
+CONTRACTS = (
+    RAW_BATCH,
+    RAW_EVENT,
+    NORMALIZED,
+    CORPORATE_ACTION,
+    ALERT,
+    DEAD_LETTER,
+    ANNOUNCEMENT,
+    RAW_BARS,
+)
 
 
 class DecodeError(ValueError):

@@ -19,6 +19,7 @@ from mdstream.contracts import (
     CORPORATE_ACTION,
     DEAD_LETTER,
     NORMALIZED,
+    RAW_BARS,
     RAW_BATCH,
     RAW_EVENT,
     SCHEMA_DIR,
@@ -178,6 +179,25 @@ RECORDS: dict[str, dict[str, Any]] = {
         "key": b"AAPL",
         "payload": b"\x00\x00garbage\xff\xfe\x00\x01",
     },
+}
+RECORDS[RAW_BARS] = {
+    "batchId": "0d7b2f6e-8a55-5a43-9a52-3f7a3c1f0b11",
+    "timestamp": NS,
+    "source": "databento",
+    "instrument": {"symbol": "ESU4", "exchange": "XCME", "isin": None},
+    "interval": "1m",
+    "bars": [
+        {
+            "start": 1_719_877_200_000_000_000,
+            "open": 5527.25,
+            "high": 5527.5,
+            "low": 5527.0,
+            "close": 5527.5,
+            "volume": 180.0,
+            "trade_count": None,
+            "vwap": None,
+        }
+    ],
 }
 
 
