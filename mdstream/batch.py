@@ -62,6 +62,14 @@ class TickColumns:
         return len(self.ts)
 
 
+_NS = uuid.UUID("6f2b7c1e-3f0e-4c55-9f57-2b8e8d7f3a10")
+
+
+def stable_id(*parts: object) -> str:
+    """A UUID that is a function of its parts: the same fact always gets the same event id."""
+    return str(uuid.uuid5(_NS, "|".join(map(str, parts))))
+
+
 def tick_event_id(batch_id: str, index: int) -> str:
     """The RawMarketDataEvent id of tick `index` of a batch: stable, so lineage can name it."""
     return str(uuid.uuid5(uuid.UUID(batch_id), str(index)))

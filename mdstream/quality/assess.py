@@ -1,0 +1,443 @@
+"""One batch through the quality levels 2-5: flags, exclusions, scores, alerts, reliability.
+
+`assess_batch` is called by `mdstream.processor.process_batch` on the ticks that passed the hard
+rules and are not late; it reads and updates the instrument's state (plain JSON-able dicts):
+
+- ``providers[name]``: ``price``, ``ts``, ``stale`` (consensus and staleness), plus ``q`` (the
+  feed's quality memory: last event time and sequence number, price history for the MAD check,
+  the day's spreads, running score) and ``rel`` (reliability accumulators);
+- ``conditions``: raised alert conditions (`mdstream.quality.alerts`);
+- ``windows``: per open bar window and provider, sums of the tick scores and the lineage of the
+  ticks that went into it, read when the bar closes (`bar_quality`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mdstream.batch import TickColumns, tick_event_id
+from mdstream.consensus import Consensus, build_consensus
+from mdstream.quality import alerts as alertlib
+from mdstream.quality import checks, reliability
+from mdstream.quality import score as scorelib
+from mdstream.quality.calendar import sessions
+from mdstream.quality.checks import Check
+from mdstream.quality.config import QualityConfig
+from mdstream.quality.model import load_model
+
+if TYPE_CHECKING:
+    from mdstream.processor import PipelineConfig
+
+DAY_NS = 86_400_000_000_000
+_MS = 1e6
+
+#: Checks run on every accepted tick; a bar's lineage lists those its ticks all passed.
+CHECKS_RUN = (
+    "syntactic", "semantic", "cross_source", "temporal", "statistical_mad",
+)  # fmt: skip
+
+# windows[key][provider] = [ticks, accuracy, timeliness, completeness, consistency, flags OR,
+#                           batches, first raw offset, last raw offset, raw partition]
+N, ACC, TIME, COMP, CONS, FLAGS, BATCHES, FIRST, LAST, PART = range(10)
+
+
+@dataclass
+class Assessment:
+    bar_trades: np.ndarray  # trades that may enter bars and the feed's price
+    flags: np.ndarray  # Check bits per tick
+    scores: np.ndarray  # quality score per tick (0 where not usable)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _new_feed() -> dict[str, Any]:
+    return {"last_ts": 0, "seq": None, "hist": [], "spreads": [], "day": -1, "ewma": 1.0, "n": 0}
+
+
+def _weights(providers: Mapping[str, Any], qcfg: QualityConfig) -> dict[str, float]:
+    good, bad = qcfg.latency_good_ns / _MS, qcfg.latency_bad_ns / _MS
+    return {name: reliability.weight(p.get("rel"), good, bad) for name, p in providers.items()}
+
+
+def fresh_consensus(
+    providers: Mapping[str, Any], qcfg: QualityConfig, as_of: int, exclude: str | None = None
+) -> Consensus | None:
+    """Reliability-weighted median of the fresh providers' last prices (one left out)."""
+    weights = _weights(providers, qcfg)
+    fresh = [
+        (p["price"], weights[name])
+        for name, p in providers.items()
+        if name != exclude and not p.get("stale") and p.get("price")
+    ]
+    if not fresh:
+        return None
+    return build_consensus([p for p, _ in fresh], [w for _, w in fresh], as_of)
+
+
+def record_rejections(inst: dict[str, Any], provider: str, rejected: int) -> None:
+    """A batch with nothing usable still counts against its provider's error rate."""
+    me = inst["providers"].setdefault(provider, {"price": None, "ts": 0, "stale": False})
+    rel = me.setdefault("rel", reliability.new())
+    reliability.observe_ticks(rel, rejected, rejected, 0.0, 0.0, 0)
+
+
+def _sequence_numbers(ticks: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    return np.fromiter(
+        (np.nan if t.get("sequence") is None else t["sequence"] for t in ticks),
+        dtype=np.float64,
+        count=len(ticks),
+    )
+
+
+def _ewma(start: float, values: np.ndarray, alpha: float) -> float:
+    m = len(values)
+    if not m:
+        return start
+    decay = (1 - alpha) ** np.arange(m - 1, -1, -1)
+    return float((1 - alpha) ** m * start + alpha * np.dot(decay, values))
+
+
+def assess_batch(
+    cols: TickColumns,
+    ticks: Sequence[Mapping[str, Any]],
+    ok: np.ndarray,
+    inst: dict[str, Any],
+    cfg: PipelineConfig,
+    *,
+    rejected: int = 0,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> Assessment:
+    qcfg = cfg.quality
+    symbol, provider = cols.symbol, cols.source
+    n = len(cols)
+    providers: dict[str, Any] = inst["providers"]
+    conditions: dict[str, Any] = inst.setdefault("conditions", {})
+    now = int(cols.ts[ok].max())
+    me = providers.setdefault(provider, {"price": None, "ts": 0, "stale": False})
+    feed = me.setdefault("q", _new_feed())
+    rel = me.setdefault("rel", reliability.new())
+    out: list[dict[str, Any]] = []
+    flags = np.zeros(n, dtype=np.int64)
+    trade, quote = ok & cols.is_trade, ok & ~cols.is_trade
+
+    # Level 2, semantic.
+    nonreg = trade & checks.non_regular([t.get("conditions") for t in ticks],
+                                        qcfg.non_regular_conditions)  # fmt: skip
+    spread = cols.ask - cols.bid
+    if feed["day"] != now // DAY_NS:
+        feed["day"], feed["spreads"] = now // DAY_NS, []
+    typical = float(np.median(feed["spreads"])) if len(feed["spreads"]) >= 20 else None
+    wide = quote & checks.wide_spread(spread, typical, qcfg.wide_spread_factor)
+    lock = quote & checks.locked(cols.bid, cols.ask)
+    usable_spreads = spread[quote & ~wide & (spread > 0)]
+    if len(usable_spreads):
+        feed["spreads"] = (feed["spreads"] + usable_spreads.tolist())[-qcfg.spread_memory :]
+
+    # Level 4, temporal.
+    ts_ok = np.where(ok, cols.ts, np.iinfo(np.int64).min)
+    ooo = ok & checks.out_of_order(ts_ok, feed["last_ts"])
+    dup, gap, missing = checks.sequences(np.where(ok, _sequence_numbers(ticks), np.nan),
+                                         feed["seq"])  # fmt: skip
+    outside = ok & (sessions(qcfg.calendar).session_index(cols.ts) < 0)
+
+    # Level 3, cross-source: against the other fresh providers, else the feed's own last price.
+    others = fresh_consensus(providers, qcfg, now, exclude=provider)
+    reference = others.price if others is not None else me.get("price")
+    value = np.where(cols.is_trade, cols.price, (cols.bid + cols.ask) / 2)
+    deviation = checks.relative_deviation(value, reference)
+    candidates = trade & ~nonreg & ~dup
+    with np.errstate(invalid="ignore"):
+        cross = candidates & (deviation > cfg.outlier_rel)
+
+    # Level 5, statistical: rolling median/MAD over the feed's own accepted trades; a move the
+    # other providers also saw (their consensus within k MADs of the tick) is not an outlier.
+    idx = np.flatnonzero(candidates)
+    stat = np.zeros(n, dtype=bool)
+    med = np.full(n, np.nan)
+    if len(idx):
+        flagged, m, mad = checks.mad_outliers(
+            feed["hist"], cols.price[idx], window=qcfg.mad_window, k=qcfg.mad_k,
+            floor_rel=qcfg.mad_floor_rel, min_history=qcfg.mad_min_history,
+        )  # fmt: skip
+        if others is not None:
+            flagged &= ~(np.abs(cols.price[idx] - others.price) <= qcfg.mad_k * mad)
+        stat[idx], med[idx] = flagged, m
+    model = load_model(qcfg.model_path) if qcfg.model_path else None
+    anomalous = np.zeros(n, dtype=bool)
+    if model is not None and len(idx):
+        anomalous[idx] = model.flag(cols.ts[idx], cols.price[idx], cols.volume[idx],
+                                    feed["last_ts"], me.get("price"))  # fmt: skip
+    stat &= ~cross
+
+    for mask, check in (
+        (lock, Check.LOCKED_QUOTE), (wide, Check.WIDE_SPREAD), (nonreg, Check.NON_REGULAR),
+        (cross, Check.CROSS_SOURCE_OUTLIER), (ooo, Check.OUT_OF_ORDER), (dup, Check.DUPLICATE),
+        (gap, Check.SEQUENCE_GAP), (outside, Check.OUTSIDE_SESSION),
+        (stat, Check.STATISTICAL_OUTLIER), (anomalous, Check.MODEL_ANOMALY),
+    ):  # fmt: skip
+        flags[mask] |= int(check)
+    offending = cross | stat
+    bar_trades = trade & ~(offending | nonreg | dup)
+
+    # Alerts: outliers (one condition per feed), sequence gaps.
+    out += _outlier_alerts(cols, conditions, offending, cross, bar_trades, deviation, med,
+                           reference, cfg, qcfg)  # fmt: skip
+    if gap.any():
+        first = int(np.flatnonzero(gap)[0])
+        raised = alertlib.raise_once(
+            conditions, "MISSING_DATA", "MEDIUM", provider, symbol,
+            f"{missing} message(s) missing from {provider} for {symbol} (sequence gaps)",
+            int(cols.ts[first]), tick_event_id(cols.batch_id, first), observed=float(missing),
+        )  # fmt: skip
+        if raised:
+            out.append(raised)
+        after = int(ok[int(np.flatnonzero(gap)[-1]) :].sum())
+        alertlib.count_clean(conditions, "MISSING_DATA", provider, after, reset=True)
+    elif alertlib.is_raised(conditions, "MISSING_DATA", provider):
+        clean = alertlib.count_clean(conditions, "MISSING_DATA", provider, int(ok.sum()), False)
+        if clean >= qcfg.clear_after_clean:
+            cleared = alertlib.clear(conditions, "MISSING_DATA", provider, symbol,
+                                     f"{provider} delivers {symbol} without gaps again", now)
+            out.append(cleared)  # type: ignore[arg-type]
+
+    # Scores.
+    known = len(providers)
+    fresh = sum(1 for name, p in providers.items() if name == provider or not p.get("stale"))
+    completeness = scorelib.completeness(fresh, known, int(ok.sum()), missing)
+    accuracy = scorelib.accuracy(deviation, cfg.outlier_rel)
+    accuracy[offending] = 0.0
+    latency = cols.published_ns - cols.ts
+    timeliness = scorelib.timeliness(latency, qcfg.latency_good_ns, qcfg.latency_bad_ns)
+    everyone = fresh_consensus(providers, qcfg, now)
+    consistency = scorelib.consistency(everyone, cfg.outlier_rel)
+    scores = np.where(ok, scorelib.combine(completeness, accuracy, timeliness, consistency), 0.0)
+
+    # Running feed score → QUALITY_DEGRADED (with hysteresis).
+    feed["ewma"] = _ewma(feed["ewma"], scores, qcfg.score_alpha)
+    feed["n"] += n
+    out += _score_alerts(feed, conditions, provider, symbol, now, qcfg)
+
+    # Reliability, then the feed's memory.
+    judged = trade & ~nonreg & ~dup & np.isfinite(deviation)
+    reliability.observe_time(rel, now, not me.get("stale"), qcfg.reliability_half_life_ns)
+    reliability.observe_ticks(
+        rel, n, rejected + int(offending.sum()), float(latency[ok].sum() / _MS),
+        float(accuracy[judged].sum()), int(judged.sum()),
+    )  # fmt: skip
+    feed["last_ts"] = max(feed["last_ts"], now)
+    seqs = _sequence_numbers(ticks)[ok]
+    if np.isfinite(seqs).any():
+        top = int(np.nanmax(seqs))
+        feed["seq"] = top if feed["seq"] is None else max(feed["seq"], top)
+    accepted = cols.price[bar_trades]
+    if len(accepted):
+        feed["hist"] = (feed["hist"] + accepted.tolist())[-qcfg.mad_window :]
+
+    _add_to_windows(inst, cols, bar_trades, flags, accuracy, timeliness, completeness,
+                    consistency, cfg, partition, offset)  # fmt: skip
+    return Assessment(bar_trades, flags, scores, out)
+
+
+def _outlier_alerts(
+    cols: TickColumns,
+    conditions: dict[str, Any],
+    offending: np.ndarray,
+    cross: np.ndarray,
+    clean_trades: np.ndarray,
+    deviation: np.ndarray,
+    median: np.ndarray,
+    reference: float | None,
+    cfg: PipelineConfig,
+    qcfg: QualityConfig,
+) -> list[dict[str, Any]]:
+    provider, symbol = cols.source, cols.symbol
+    if offending.any():
+        i = int(np.flatnonzero(offending)[0])
+        price = float(cols.price[i])
+        if cross[i]:
+            ref, dev, how = float(reference), float(deviation[i]), "the reference"  # type: ignore[arg-type]
+        else:
+            ref = float(median[i])
+            dev, how = abs(price - ref) / ref, f"its rolling median ({qcfg.mad_k:g} MADs)"
+        severity = "HIGH" if dev > 5 * cfg.outlier_rel else "MEDIUM"
+        raised = alertlib.raise_once(
+            conditions, "OUTLIER_DETECTED", severity, provider, symbol,
+            f"{provider} trade at {price:.6g} is {dev:.2%} from {how} {ref:.6g}; "
+            "excluded from bars",
+            int(cols.ts[i]), tick_event_id(cols.batch_id, i), observed=price, reference=ref,
+        )  # fmt: skip
+        last = int(np.flatnonzero(offending)[-1])
+        alertlib.count_clean(conditions, "OUTLIER_DETECTED", provider,
+                             int(clean_trades[last:].sum()), reset=True)  # fmt: skip
+        return [raised] if raised else []
+    if not alertlib.is_raised(conditions, "OUTLIER_DETECTED", provider):
+        return []
+    clean = alertlib.count_clean(conditions, "OUTLIER_DETECTED", provider,
+                                 int(clean_trades.sum()), reset=False)  # fmt: skip
+    if clean < qcfg.clear_after_clean:
+        return []
+    cleared = alertlib.clear(
+        conditions, "OUTLIER_DETECTED", provider, symbol,
+        f"{provider} has sent {clean} trades in line for {symbol}",
+        int(cols.ts[clean_trades].max()),
+    )  # fmt: skip
+    return [cleared] if cleared else []
+
+
+def _score_alerts(
+    feed: dict[str, Any],
+    conditions: dict[str, Any],
+    provider: str,
+    symbol: str,
+    now: int,
+    qcfg: QualityConfig,
+) -> list[dict[str, Any]]:
+    score = feed["ewma"]
+    if feed["n"] < qcfg.score_min_ticks:
+        return []
+    if score < qcfg.score_alert_below:
+        raised = alertlib.raise_once(
+            conditions, "QUALITY_DEGRADED", "HIGH" if score < 0.5 else "MEDIUM", provider,
+            symbol, f"{provider} quality score for {symbol} fell to {score:.2f}", now,
+            f"{now}", quality_score=score, observed=score, reference=qcfg.score_alert_below,
+        )  # fmt: skip
+        return [raised] if raised else []
+    if score >= qcfg.score_alert_below + qcfg.score_hysteresis:
+        cleared = alertlib.clear(
+            conditions, "QUALITY_DEGRADED", provider, symbol,
+            f"{provider} quality score for {symbol} recovered to {score:.2f}", now,
+            quality_score=score,
+        )  # fmt: skip
+        return [cleared] if cleared else []
+    return []
+
+
+def _add_to_windows(
+    inst: dict[str, Any],
+    cols: TickColumns,
+    used: np.ndarray,
+    flags: np.ndarray,
+    accuracy: np.ndarray,
+    timeliness: np.ndarray,
+    completeness: float,
+    consistency: float,
+    cfg: PipelineConfig,
+    partition: int | None,
+    offset: int | None,
+) -> None:
+    if not used.any():
+        return
+    windows = inst.setdefault("windows", {})
+    ts, acc, tim, fl = cols.ts[used], accuracy[used], timeliness[used], flags[used]
+    for label, width in cfg.interval_widths.items():
+        starts = ts // width * width
+        for ws in np.unique(starts):
+            sel = starts == ws
+            k = int(sel.sum())
+            row = windows.setdefault(f"{label}|{int(ws)}", {}).setdefault(
+                cols.source, [0, 0.0, 0.0, 0.0, 0.0, 0, 0, offset, offset, partition]
+            )
+            row[N] += k
+            row[ACC] += float(acc[sel].sum())
+            row[TIME] += float(tim[sel].sum())
+            row[COMP] += completeness * k
+            row[CONS] += consistency * k
+            row[FLAGS] |= int(np.bitwise_or.reduce(fl[sel]))
+            row[BATCHES] += 1
+            if offset is not None:
+                row[FIRST] = offset if row[FIRST] is None else min(row[FIRST], offset)
+                row[LAST] = offset if row[LAST] is None else max(row[LAST], offset)
+
+
+def bar_quality(
+    inst: dict[str, Any],
+    interval: str,
+    window_start: int,
+    source: str,
+    completeness: float,
+    cfg: PipelineConfig,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(quality_metrics, lineage) of a closing bar; forgets the window and any older one.
+
+    completeness: the share of known providers present in the window (the bar side knows it).
+    """
+    qcfg = cfg.quality
+    windows = inst.get("windows", {})
+    row = windows.pop(f"{interval}|{window_start}", {}).get(source)
+    for key in [k for k in windows if k.split("|")[0] == interval]:
+        if int(key.split("|")[1]) < window_start:
+            del windows[key]
+    rel = inst.get("providers", {}).get(source, {}).get("rel")
+    source_reliability = reliability.weight(rel, qcfg.latency_good_ns / _MS,
+                                            qcfg.latency_bad_ns / _MS) if rel else 1.0  # fmt: skip
+    if not row or not row[N]:
+        accuracy = timeliness = consistency = 1.0
+        flags, lineage_rows, partition = 0, (0, 0, None, None), None
+    else:
+        accuracy, timeliness = row[ACC] / row[N], row[TIME] / row[N]
+        completeness = completeness * row[COMP] / row[N]
+        consistency = row[CONS] / row[N]
+        flags, lineage_rows = row[FLAGS], (row[N], row[BATCHES], row[FIRST], row[LAST])
+        partition = row[PART]
+    metrics = {
+        "completeness": completeness,
+        "accuracy_score": accuracy,
+        "timeliness_score": timeliness,
+        "source_reliability": min(1.0, source_reliability),
+        "consistency_score": consistency,
+        "quality_score": float(scorelib.combine(completeness, accuracy, timeliness, consistency)),
+    }
+    seen = checks.names(flags)
+    lineage = {
+        "raw_partition": partition,
+        "raw_offset_first": lineage_rows[2],
+        "raw_offset_last": lineage_rows[3],
+        "raw_batches": lineage_rows[1],
+        "raw_ticks": lineage_rows[0],
+        "checks_passed": [c for c in CHECKS_RUN] + (["model"] if qcfg.model_path else []),
+        "flags": seen,
+        "quality_model": qcfg.model_path,
+    }
+    return metrics, lineage
+
+
+def staleness(
+    inst: dict[str, Any], symbol: str, provider: str, now: int, cfg: PipelineConfig
+) -> list[dict[str, Any]]:
+    """This provider is fresh again (CLEARED if it was stale); the others are stale when silent
+    on this instrument for more than `stale_factor` × their own expected interval.
+
+    Judged on the instrument's event time, so only while another provider still updates it: an
+    instrument nobody updates is MISSING_DATA (`mdstream.quality.activity`), not a stale feed.
+    Also feeds every provider's uptime.
+    """
+    out: list[dict[str, Any]] = []
+    providers: dict[str, Any] = inst["providers"]
+    conditions: dict[str, Any] = inst.setdefault("conditions", {})
+    me = providers[provider]
+    if me.get("stale"):
+        me["stale"] = False
+        cleared = alertlib.clear(conditions, "STALE_DATA", provider, symbol,
+                                 f"{provider} is updating {symbol} again", now, last_update=now)
+        if cleared:
+            out.append(cleared)
+    for name, p in providers.items():
+        expected = cfg.expected_interval(name)
+        if name != provider and not p.get("stale") and now - p["ts"] > cfg.stale_factor * expected:
+            p["stale"] = True
+            raised = alertlib.raise_once(
+                conditions, "STALE_DATA", "HIGH", name, symbol,
+                f"no update from {name} for {symbol} in {(now - p['ts']) / 1e9:.1f}s "
+                f"(expected every {expected / 1e9:g}s)",
+                now, p["ts"], last_update=p["ts"], expected_frequency=f"{expected / 1e9:g}s",
+                observed=(now - p["ts"]) / 1e9, reference=cfg.stale_factor * expected / 1e9,
+            )  # fmt: skip
+            if raised:
+                out.append(raised)
+        rel = p.setdefault("rel", reliability.new())
+        reliability.observe_time(rel, now, not p.get("stale"), cfg.quality.reliability_half_life_ns)
+    return out
