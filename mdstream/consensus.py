@@ -53,15 +53,29 @@ class Consensus:
         }
 
 
+def weighted_quantiles(
+    values: Sequence[float], weights: Sequence[float], qs: Sequence[float]
+) -> list[float]:
+    """`weighted_quantile` for several ascending q at once (one sort)."""
+    pairs = sorted(zip(values, weights, strict=True))
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        raise ValueError("weighted quantile of nothing")
+    out: list[float] = []
+    cum, i = 0.0, -1
+    for q in qs:
+        target = q * total * (1 - 1e-12)
+        while cum < target and i < len(pairs) - 1:
+            i += 1
+            cum += pairs[i][1]
+        out.append(float(pairs[max(i, 0)][0]))
+    return out
+
+
 def build_consensus(
     prices: Sequence[float], weights: Sequence[float], as_of: int
 ) -> Consensus | None:
     if not len(prices):
         return None
-    return Consensus(
-        price=weighted_quantile(prices, weights, 0.5),
-        p25=weighted_quantile(prices, weights, 0.25),
-        p75=weighted_quantile(prices, weights, 0.75),
-        providers=len(prices),
-        as_of=as_of,
-    )
+    p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    return Consensus(price=median, p25=p25, p75=p75, providers=len(prices), as_of=as_of)

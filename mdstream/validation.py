@@ -27,24 +27,33 @@ class ValidationRules:
     sentinels: tuple[float, ...] = DEFAULT_SENTINELS
 
 
+def _sentinel(values: np.ndarray, sentinels: tuple[float, ...]) -> np.ndarray:
+    """`values` that are sentinels (one comparison in the usual case of none that large)."""
+    with np.errstate(invalid="ignore"):
+        large = values >= min(sentinels, default=np.inf)
+    if large.any():
+        large &= np.isin(values, sentinels)
+    return large
+
+
 def validate(cols: TickColumns, rules: ValidationRules) -> list[str | None]:
     """One entry per tick: None when the tick is acceptable, else the reason it is not."""
     reasons: list[str | None] = [None] * len(cols)
     trade, quote = cols.is_trade, ~cols.is_trade
-    sentinels = np.asarray(rules.sentinels, dtype=np.float64)
+    sentinels = rules.sentinels
     with np.errstate(invalid="ignore"):
         checks = (
             (cols.ts <= 0, "timestamp missing or before 1970"),
             (cols.ts > cols.published_ns + rules.max_future_ns, "timestamp in the future"),
             (trade & ~np.isfinite(cols.price), "trade price missing or not finite"),
             (trade & (cols.price <= 0), "trade price not positive (sentinel or bad print)"),
-            (trade & np.isin(cols.price, sentinels), "trade price is a sentinel value"),
+            (trade & _sentinel(cols.price, sentinels), "trade price is a sentinel value"),
             (trade & ~np.isfinite(cols.volume), "trade size missing or not finite"),
             (trade & (cols.volume <= 0), "trade size not positive"),
             (trade & (cols.volume > rules.max_trade_size), "trade size out of range"),
             (quote & ~(np.isfinite(cols.bid) & np.isfinite(cols.ask)), "quote side missing"),
             (quote & ((cols.bid <= 0) | (cols.ask <= 0)), "quote price not positive"),
-            (quote & (np.isin(cols.bid, sentinels) | np.isin(cols.ask, sentinels)),
+            (quote & (_sentinel(cols.bid, sentinels) | _sentinel(cols.ask, sentinels)),
              "quote price is a sentinel value"),
             (quote & (cols.bid > cols.ask), "crossed quote (bid above ask)"),
         )  # fmt: skip

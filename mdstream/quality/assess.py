@@ -63,10 +63,14 @@ def _weights(providers: Mapping[str, Any], qcfg: QualityConfig) -> dict[str, flo
 
 
 def fresh_consensus(
-    providers: Mapping[str, Any], qcfg: QualityConfig, as_of: int, exclude: str | None = None
+    providers: Mapping[str, Any],
+    qcfg: QualityConfig,
+    as_of: int,
+    exclude: str | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> Consensus | None:
     """Reliability-weighted median of the fresh providers' last prices (one left out)."""
-    weights = _weights(providers, qcfg)
+    weights = _weights(providers, qcfg) if weights is None else weights
     fresh = [
         (p["price"], weights[name])
         for name, p in providers.items()
@@ -111,6 +115,11 @@ def assess_batch(
     partition: int | None = None,
     offset: int | None = None,
 ) -> Assessment:
+    """Levels 2-5 on the usable ticks (`ok`) of one batch; updates the instrument's state.
+
+    Written for batches of a few ticks: each check is skipped when the batch cannot fail it
+    (no quotes, no sequence numbers, no conditions, all inside one session).
+    """
     qcfg = cfg.quality
     symbol, provider = cols.symbol, cols.source
     n = len(cols)
@@ -120,34 +129,51 @@ def assess_batch(
     me = providers.setdefault(provider, {"price": None, "ts": 0, "stale": False})
     feed = me.setdefault("q", _new_feed())
     rel = me.setdefault("rel", reliability.new())
+    weights = _weights(providers, qcfg)
     out: list[dict[str, Any]] = []
     flags = np.zeros(n, dtype=np.int64)
-    trade, quote = ok & cols.is_trade, ok & ~cols.is_trade
+    none = np.zeros(n, dtype=bool)
+    trade = ok & cols.is_trade
+    quote = ok & ~cols.is_trade
+    any_quote = bool(quote.any())
 
     # Level 2, semantic.
-    nonreg = trade & checks.non_regular([t.get("conditions") for t in ticks],
-                                        qcfg.non_regular_conditions)  # fmt: skip
-    spread = cols.ask - cols.bid
-    if feed["day"] != now // DAY_NS:
-        feed["day"], feed["spreads"] = now // DAY_NS, []
-    typical = float(np.median(feed["spreads"])) if len(feed["spreads"]) >= 20 else None
-    wide = quote & checks.wide_spread(spread, typical, qcfg.wide_spread_factor)
-    lock = quote & checks.locked(cols.bid, cols.ask)
-    usable_spreads = spread[quote & ~wide & (spread > 0)]
-    if len(usable_spreads):
-        feed["spreads"] = (feed["spreads"] + usable_spreads.tolist())[-qcfg.spread_memory :]
+    conds = [t.get("conditions") for t in ticks]
+    nonreg = (
+        trade & checks.non_regular(conds, qcfg.non_regular_conditions) if any(conds) else none
+    )
+    lock = wide = none
+    if any_quote:
+        spread = cols.ask - cols.bid
+        if feed["day"] != now // DAY_NS:
+            feed["day"], feed["spreads"] = now // DAY_NS, []
+        typical = float(np.median(feed["spreads"])) if len(feed["spreads"]) >= 20 else None
+        wide = quote & checks.wide_spread(spread, typical, qcfg.wide_spread_factor)
+        lock = quote & checks.locked(cols.bid, cols.ask)
+        usable = spread[quote & ~wide & (spread > 0)]
+        if len(usable):
+            feed["spreads"] = (feed["spreads"] + usable.tolist())[-qcfg.spread_memory :]
 
     # Level 4, temporal.
-    ts_ok = np.where(ok, cols.ts, np.iinfo(np.int64).min)
+    ts_ok = cols.ts if ok.all() else np.where(ok, cols.ts, np.iinfo(np.int64).min)
     ooo = ok & checks.out_of_order(ts_ok, feed["last_ts"])
-    dup, gap, missing = checks.sequences(np.where(ok, _sequence_numbers(ticks), np.nan),
-                                         feed["seq"])  # fmt: skip
-    outside = ok & (sessions(qcfg.calendar).session_index(cols.ts) < 0)
+    seqs = _sequence_numbers(ticks)
+    dup = gap = none
+    missing = 0
+    if np.isfinite(seqs).any():
+        dup, gap, missing = checks.sequences(np.where(ok, seqs, np.nan), feed["seq"])
+    cal = sessions(qcfg.calendar)
+    if cal.same_session(int(cols.ts[ok].min()), now):
+        outside = none
+    else:
+        outside = ok & (cal.session_index(cols.ts) < 0)
 
     # Level 3, cross-source: against the other fresh providers, else the feed's own last price.
-    others = fresh_consensus(providers, qcfg, now, exclude=provider)
+    others = fresh_consensus(providers, qcfg, now, exclude=provider, weights=weights)
     reference = others.price if others is not None else me.get("price")
-    value = np.where(cols.is_trade, cols.price, (cols.bid + cols.ask) / 2)
+    value = np.where(cols.is_trade, cols.price, (cols.bid + cols.ask) / 2) if any_quote else (
+        cols.price
+    )
     deviation = checks.relative_deviation(value, reference)
     candidates = trade & ~nonreg & ~dup
     with np.errstate(invalid="ignore"):
@@ -155,23 +181,20 @@ def assess_batch(
 
     # Level 5, statistical: rolling median/MAD over the feed's own accepted trades; a move the
     # other providers also saw (their consensus within k MADs of the tick) is not an outlier.
-    idx = np.flatnonzero(candidates)
-    stat = np.zeros(n, dtype=bool)
-    med = np.full(n, np.nan)
-    if len(idx):
-        flagged, m, mad = checks.mad_outliers(
-            feed["hist"], cols.price[idx], window=qcfg.mad_window, k=qcfg.mad_k,
-            floor_rel=qcfg.mad_floor_rel, min_history=qcfg.mad_min_history,
-        )  # fmt: skip
-        if others is not None:
-            flagged &= ~(np.abs(cols.price[idx] - others.price) <= qcfg.mad_k * mad)
-        stat[idx], med[idx] = flagged, m
-    model = load_model(qcfg.model_path) if qcfg.model_path else None
-    anomalous = np.zeros(n, dtype=bool)
-    if model is not None and len(idx):
-        anomalous[idx] = model.flag(cols.ts[idx], cols.price[idx], cols.volume[idx],
-                                    feed["last_ts"], me.get("price"))  # fmt: skip
-    stat &= ~cross
+    stat, median, mad = checks.mad_outliers(
+        feed["hist"], cols.price, k=qcfg.mad_k, floor_rel=qcfg.mad_floor_rel,
+        min_history=qcfg.mad_min_history,
+    )  # fmt: skip
+    stat &= candidates & ~cross
+    if others is not None and stat.any():
+        stat &= ~(np.abs(cols.price - others.price) <= qcfg.mad_k * mad)
+    anomalous = none
+    if qcfg.model_path and candidates.any():
+        idx = np.flatnonzero(candidates)
+        anomalous = none.copy()
+        anomalous[idx] = load_model(qcfg.model_path).flag(
+            cols.ts[idx], cols.price[idx], cols.volume[idx], feed["last_ts"], me.get("price")
+        )
 
     for mask, check in (
         (lock, Check.LOCKED_QUOTE), (wide, Check.WIDE_SPREAD), (nonreg, Check.NON_REGULAR),
@@ -179,14 +202,19 @@ def assess_batch(
         (gap, Check.SEQUENCE_GAP), (outside, Check.OUTSIDE_SESSION),
         (stat, Check.STATISTICAL_OUTLIER), (anomalous, Check.MODEL_ANOMALY),
     ):  # fmt: skip
-        flags[mask] |= int(check)
+        if mask is not none:
+            flags[mask] |= int(check)
     offending = cross | stat
-    bar_trades = trade & ~(offending | nonreg | dup)
+    any_offence = bool(offending.any())
+    bar_trades = trade & ~(offending | nonreg | dup) if any_offence or nonreg is not none or (
+        dup is not none
+    ) else trade
 
     # Alerts: outliers (one condition per feed), sequence gaps.
-    out += _outlier_alerts(cols, conditions, offending, cross, bar_trades, deviation, med,
-                           reference, cfg, qcfg)  # fmt: skip
-    if gap.any():
+    if any_offence or conditions:
+        out += _outlier_alerts(cols, conditions, offending, cross, bar_trades, deviation,
+                               median, reference, cfg, qcfg)  # fmt: skip
+    if gap is not none and gap.any():
         first = int(np.flatnonzero(gap)[0])
         raised = alertlib.raise_once(
             conditions, "MISSING_DATA", "MEDIUM", provider, symbol,
@@ -209,12 +237,15 @@ def assess_batch(
     fresh = sum(1 for name, p in providers.items() if name == provider or not p.get("stale"))
     completeness = scorelib.completeness(fresh, known, int(ok.sum()), missing)
     accuracy = scorelib.accuracy(deviation, cfg.outlier_rel)
-    accuracy[offending] = 0.0
+    if any_offence:
+        accuracy[offending] = 0.0
     latency = cols.published_ns - cols.ts
     timeliness = scorelib.timeliness(latency, qcfg.latency_good_ns, qcfg.latency_bad_ns)
-    everyone = fresh_consensus(providers, qcfg, now)
+    everyone = fresh_consensus(providers, qcfg, now, weights=weights)
     consistency = scorelib.consistency(everyone, cfg.outlier_rel)
-    scores = np.where(ok, scorelib.combine(completeness, accuracy, timeliness, consistency), 0.0)
+    scores = scorelib.combine(completeness, accuracy, timeliness, consistency)
+    if not ok.all():
+        scores = np.where(ok, scores, 0.0)
 
     # Running feed score → QUALITY_DEGRADED (with hysteresis).
     feed["ewma"] = _ewma(feed["ewma"], scores, qcfg.score_alpha)
@@ -222,20 +253,18 @@ def assess_batch(
     out += _score_alerts(feed, conditions, provider, symbol, now, qcfg)
 
     # Reliability, then the feed's memory.
-    judged = trade & ~nonreg & ~dup & np.isfinite(deviation)
+    judged = candidates & np.isfinite(deviation)
     reliability.observe_time(rel, now, not me.get("stale"), qcfg.reliability_half_life_ns)
     reliability.observe_ticks(
         rel, n, rejected + int(offending.sum()), float(latency[ok].sum() / _MS),
         float(accuracy[judged].sum()), int(judged.sum()),
     )  # fmt: skip
     feed["last_ts"] = max(feed["last_ts"], now)
-    seqs = _sequence_numbers(ticks)[ok]
-    if np.isfinite(seqs).any():
-        top = int(np.nanmax(seqs))
+    if dup is not none:
+        top = int(np.nanmax(np.where(ok, seqs, np.nan)))
         feed["seq"] = top if feed["seq"] is None else max(feed["seq"], top)
-    accepted = cols.price[bar_trades]
-    if len(accepted):
-        feed["hist"] = (feed["hist"] + accepted.tolist())[-qcfg.mad_window :]
+    if bar_trades.any():
+        feed["hist"] = (feed["hist"] + cols.price[bar_trades].tolist())[-qcfg.mad_window :]
 
     _add_to_windows(inst, cols, bar_trades, flags, accuracy, timeliness, completeness,
                     consistency, cfg, partition, offset)  # fmt: skip
@@ -249,7 +278,7 @@ def _outlier_alerts(
     cross: np.ndarray,
     clean_trades: np.ndarray,
     deviation: np.ndarray,
-    median: np.ndarray,
+    median: float,
     reference: float | None,
     cfg: PipelineConfig,
     qcfg: QualityConfig,
@@ -261,7 +290,7 @@ def _outlier_alerts(
         if cross[i]:
             ref, dev, how = float(reference), float(deviation[i]), "the reference"  # type: ignore[arg-type]
         else:
-            ref = float(median[i])
+            ref = median
             dev, how = abs(price - ref) / ref, f"its rolling median ({qcfg.mad_k:g} MADs)"
         severity = "HIGH" if dev > 5 * cfg.outlier_rel else "MEDIUM"
         raised = alertlib.raise_once(
@@ -333,12 +362,16 @@ def _add_to_windows(
         return
     windows = inst.setdefault("windows", {})
     ts, acc, tim, fl = cols.ts[used], accuracy[used], timeliness[used], flags[used]
+    lo, hi = int(ts.min()), int(ts.max())
     for label, width in cfg.interval_widths.items():
-        starts = ts // width * width
-        for ws in np.unique(starts):
-            sel = starts == ws
-            k = int(sel.sum())
-            row = windows.setdefault(f"{label}|{int(ws)}", {}).setdefault(
+        if lo // width == hi // width:  # the usual case: the whole batch in one window
+            groups = [(lo // width * width, slice(None))]
+        else:
+            starts = ts // width * width
+            groups = [(int(ws), starts == ws) for ws in np.unique(starts)]
+        for ws, sel in groups:
+            k = len(ts) if isinstance(sel, slice) else int(sel.sum())
+            row = windows.setdefault(f"{label}|{ws}", {}).setdefault(
                 cols.source, [0, 0.0, 0.0, 0.0, 0.0, 0, 0, offset, offset, partition]
             )
             row[N] += k

@@ -12,10 +12,22 @@ import numpy as np
 _START, _END = "2000-01-03", "2030-12-31"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sessions:
     opens: np.ndarray  # int64 ns UTC, ascending
     closes: np.ndarray
+    _last: tuple[int, int] = (0, 0)  # the session found last: most batches fall in it again
+
+    def same_session(self, first: int, last: int) -> bool:
+        """Both times inside one session (first <= last)."""
+        lo, hi = self._last
+        if not lo <= first < hi:
+            idx = int(self.session_index(np.array([first]))[0])
+            if idx < 0:
+                return False
+            lo, hi = int(self.opens[idx]), int(self.closes[idx])
+            self._last = (lo, hi)
+        return lo <= last < hi
 
     def session_index(self, ts: np.ndarray) -> np.ndarray:
         """Per timestamp, the index of the session it falls in, or -1 outside every session."""

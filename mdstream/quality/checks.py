@@ -7,13 +7,13 @@ score). Flags travel as bits of `Check`, so lineage can name the checks a tick p
 
 from __future__ import annotations
 
+import math
 import re
-import warnings
+import statistics
 from collections.abc import Iterable, Sequence
 from enum import IntFlag
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 class Check(IntFlag):
@@ -95,42 +95,34 @@ def sequences(seq: np.ndarray, last_seq: int | None) -> tuple[np.ndarray, np.nda
     return dup, gap, missing
 
 
+def median_mad(history: Sequence[float], floor_rel: float) -> tuple[float, float]:
+    """Median of the history and its median absolute deviation, floored at `floor_rel` × median.
+
+    Plain Python: fifty floats sort faster than numpy dispatches. The floor matters: prices on a
+    one-cent grid often have a MAD of zero.
+    """
+    med = statistics.median(history)
+    mad = statistics.median([abs(x - med) for x in history])
+    return med, max(mad, floor_rel * abs(med))
+
+
 def mad_outliers(
     history: Sequence[float],
     prices: np.ndarray,
     *,
-    window: int,
     k: float,
     floor_rel: float,
     min_history: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Robust outliers: |p - median| > k × MAD over the `window` prices before each one.
-
-    Trailing (causal) windows, since a stream cannot look ahead; the prices of the batch join
-    the window of the ticks after them. Returns (outlier mask, median, MAD floor-applied);
-    ticks with fewer than `min_history` prices before them are not judged (median NaN).
+) -> tuple[np.ndarray, float, float]:
+    """Robust outliers (Barndorff-Nielsen et al. 2009): |p - median| > k × MAD of the feed's
+    trailing accepted prices. Trailing, since a stream cannot look ahead; one reference per batch
+    (batches span milliseconds). Returns (mask, median, MAD); no judgement (all False, NaN)
+    with fewer than `min_history` prices.
     """
-    m = len(prices)
-    if m == 0:
-        empty = np.zeros(0)
-        return np.zeros(0, dtype=bool), empty, empty
-    hist = np.asarray(history[-window:], dtype=np.float64)
-    seen = len(hist) + np.arange(m)  # prices available before tick j
-    padded = np.concatenate((np.full(window - len(hist), np.nan), hist, prices[:-1]))
-    windows = sliding_window_view(padded, window)[:m]
-    if (seen >= window).all():
-        med = np.median(windows, axis=1)
-        mad = np.median(np.abs(windows - med[:, None]), axis=1)
-    else:
-        with warnings.catch_warnings():  # all-NaN windows (no history yet) are expected
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(windows, axis=1) if (seen > 0).any() else np.full(m, np.nan)
-            mad = np.nanmedian(np.abs(windows - med[:, None]), axis=1)
-    med = np.where(seen >= min_history, med, np.nan)
-    mad = np.maximum(mad, floor_rel * med)
-    with np.errstate(invalid="ignore"):
-        flagged = np.abs(prices - med) > k * mad
-    return flagged & np.isfinite(med), med, mad
+    if len(history) < min_history or not len(prices):
+        return np.zeros(len(prices), dtype=bool), math.nan, math.nan
+    med, mad = median_mad(history, floor_rel)
+    return np.abs(prices - med) > k * mad, med, mad
 
 
 def relative_deviation(values: np.ndarray, reference: float | None) -> np.ndarray:
