@@ -22,6 +22,7 @@ import numpy as np
 from mdstream import bars as barlib
 from mdstream.batch import TickColumns, stable_id, tick_event_id
 from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.quality import activity
 from mdstream.quality import assess as quality
 from mdstream.quality.config import QualityConfig
 from mdstream.validation import ValidationRules, validate
@@ -59,8 +60,9 @@ class StepOutput:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     consensus: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Per raw batch id: each tick's quality score (RawMarketDataEvent.metadata.quality_score).
-    tick_scores: dict[str, list[float]] = field(default_factory=dict)
+    # Per raw batch id: each tick's quality score and check flags (mdstream.quality.checks.Check
+    # bits), for RawMarketDataEvent.metadata (see mdstream.batch.expand_batch).
+    tick_quality: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     def add(self, other: StepOutput) -> None:
         """Append another step's outputs (the latest consensus per instrument wins)."""
@@ -68,7 +70,7 @@ class StepOutput:
         self.alerts += other.alerts
         self.dead_letters += other.dead_letters
         self.consensus.update(other.consensus)
-        self.tick_scores.update(other.tick_scores)
+        self.tick_quality.update(other.tick_quality)
 
 
 def clock_key(partition: int) -> str:
@@ -238,7 +240,7 @@ def process_batch(
     rejected = len(cols) - int(ok.sum())
     if not ok.any():
         quality.record_rejections(inst, provider, rejected)
-        out.tick_scores[cols.batch_id] = [0.0] * len(cols)
+        out.tick_quality[cols.batch_id] = {"scores": [0.0] * len(cols), "flags": [0] * len(cols)}
         state[symbol] = inst
         state[clock_key(partition)] = clock
         return out
@@ -249,7 +251,10 @@ def process_batch(
         cols, batch["ticks"], ok, inst, cfg, rejected=rejected, partition=partition, offset=offset
     )
     out.alerts += assessment.alerts
-    out.tick_scores[cols.batch_id] = assessment.scores.tolist()
+    out.tick_quality[cols.batch_id] = {
+        "scores": assessment.scores.tolist(),
+        "flags": assessment.flags.tolist(),
+    }
     trades = assessment.bar_trades
 
     # Freshness of this provider; staleness of the others, judged on this instrument's event time.
@@ -277,7 +282,10 @@ def process_batch(
     if nxt is not None:
         clock["open"][symbol] = nxt
     state[symbol] = inst
+    before = clock["t"]
     clock["t"] = max(clock["t"], now)
+    out.alerts += activity.observe(clock, symbol, now, int(ok.sum()), cfg.quality)
+    out.alerts += activity.scan(clock, before, cfg.quality)
     _close_partition_windows(state, clock, cfg, out, emitted_ns)
     state[clock_key(partition)] = clock
     return out

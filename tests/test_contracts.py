@@ -78,6 +78,7 @@ RECORDS: dict[str, dict[str, Any]] = {
             "provider_timestamp": NS - 5_000_000,
             "ingestion_latency_ms": 45.0,
             "quality_score": 0.97,
+            "quality_flags": ["OUT_OF_ORDER"],
         },
     },
     NORMALIZED: {

@@ -351,7 +351,8 @@ def test_all_invalid_batch_changes_no_bar_and_no_clock() -> None:
     # Only the provider's error count moved: rejected ticks count against its reliability.
     rel, rel_before = (s["AAPL"]["providers"]["alpaca"]["rel"] for s in (state, before))
     assert (rel["ticks"], rel["errors"]) == (rel_before["ticks"] + 2, rel_before["errors"] + 2)
-    assert out.tick_scores == {out.tick_scores and next(iter(out.tick_scores)): [0.0, 0.0]}
+    (quality,) = out.tick_quality.values()
+    assert quality == {"scores": [0.0, 0.0], "flags": [0, 0]}
 
 
 def _message(record: dict[str, Any], offset: int = 0) -> RawMessage:
