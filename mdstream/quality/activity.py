@@ -47,8 +47,8 @@ def observe(
     elif now > entry[LAST]:
         # The outage itself does not teach what normal activity is.
         gap = (now - entry[LAST]) / max(ticks, 1)
-        entry[TYPICAL] = gap if entry[TYPICAL] is None else (
-            (1 - _EWMA) * entry[TYPICAL] + _EWMA * gap
+        entry[TYPICAL] = (
+            gap if entry[TYPICAL] is None else ((1 - _EWMA) * entry[TYPICAL] + _EWMA * gap)
         )
     entry[LAST] = max(entry[LAST], now)
     entry[UPDATES] += 1

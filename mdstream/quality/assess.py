@@ -139,9 +139,7 @@ def assess_batch(
 
     # Level 2, semantic.
     conds = [t.get("conditions") for t in ticks]
-    nonreg = (
-        trade & checks.non_regular(conds, qcfg.non_regular_conditions) if any(conds) else none
-    )
+    nonreg = trade & checks.non_regular(conds, qcfg.non_regular_conditions) if any(conds) else none
     lock = wide = none
     if any_quote:
         spread = cols.ask - cols.bid
@@ -171,8 +169,10 @@ def assess_batch(
     # Level 3, cross-source: against the other fresh providers, else the feed's own last price.
     others = fresh_consensus(providers, qcfg, now, exclude=provider, weights=weights)
     reference = others.price if others is not None else me.get("price")
-    value = np.where(cols.is_trade, cols.price, (cols.bid + cols.ask) / 2) if any_quote else (
-        cols.price
+    value = (
+        np.where(cols.is_trade, cols.price, (cols.bid + cols.ask) / 2)
+        if any_quote
+        else (cols.price)
     )
     deviation = checks.relative_deviation(value, reference)
     candidates = trade & ~nonreg & ~dup
@@ -206,9 +206,11 @@ def assess_batch(
             flags[mask] |= int(check)
     offending = cross | stat
     any_offence = bool(offending.any())
-    bar_trades = trade & ~(offending | nonreg | dup) if any_offence or nonreg is not none or (
-        dup is not none
-    ) else trade
+    bar_trades = (
+        trade & ~(offending | nonreg | dup)
+        if any_offence or nonreg is not none or (dup is not none)
+        else trade
+    )
 
     # Alerts: outliers (one condition per feed), sequence gaps.
     if any_offence or conditions:
@@ -228,8 +230,14 @@ def assess_batch(
     elif alertlib.is_raised(conditions, "MISSING_DATA", provider):
         clean = alertlib.count_clean(conditions, "MISSING_DATA", provider, int(ok.sum()), False)
         if clean >= qcfg.clear_after_clean:
-            cleared = alertlib.clear(conditions, "MISSING_DATA", provider, symbol,
-                                     f"{provider} delivers {symbol} without gaps again", now)
+            cleared = alertlib.clear(
+                conditions,
+                "MISSING_DATA",
+                provider,
+                symbol,
+                f"{provider} delivers {symbol} without gaps again",
+                now,
+            )
             out.append(cleared)  # type: ignore[arg-type]
 
     # Scores.
@@ -454,8 +462,15 @@ def staleness(
     me = providers[provider]
     if me.get("stale"):
         me["stale"] = False
-        cleared = alertlib.clear(conditions, "STALE_DATA", provider, symbol,
-                                 f"{provider} is updating {symbol} again", now, last_update=now)
+        cleared = alertlib.clear(
+            conditions,
+            "STALE_DATA",
+            provider,
+            symbol,
+            f"{provider} is updating {symbol} again",
+            now,
+            last_update=now,
+        )
         if cleared:
             out.append(cleared)
     for name, p in providers.items():
