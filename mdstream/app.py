@@ -24,6 +24,15 @@ class MdstreamApp(EosApp):
             (settings.topics.raw, *settings.topics.outputs()),
             settings.partitions,
         )
+        ensure_topics(
+            settings.bootstrap, settings.topics.alerts_by_severity().values(), settings.partitions
+        )
+        ensure_topics(
+            settings.bootstrap,
+            (settings.topics.consensus,),
+            settings.partitions,
+            {"cleanup.policy": "compact"},
+        )
         await super().on_first_start()
 
 
@@ -62,5 +71,9 @@ raw_topic = _topic(settings.topics.raw)
 normalized_topic = _topic(settings.topics.normalized)
 alerts_topic = _topic(settings.topics.alerts)
 dead_letter_topic = _topic(settings.topics.dead_letter)
+severity_alert_topics = {
+    sev: _topic(name) for sev, name in settings.topics.alerts_by_severity().items()
+}
+consensus_topic = _topic(settings.topics.consensus)
 
 contracts = ContractSet.load(contract_ids(settings))

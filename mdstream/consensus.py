@@ -37,6 +37,8 @@ class Consensus:
     p75: float
     providers: int
     as_of: int  # event time, ns
+    # (provider, price, weight) of each voter, when the caller named them.
+    sources: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def spread(self) -> float:
@@ -50,6 +52,7 @@ class Consensus:
             "p75": self.p75,
             "providers": self.providers,
             "as_of": self.as_of,
+            "sources": [{"provider": n, "price": p, "weight": w} for n, p, w in self.sources],
         }
 
 
@@ -73,9 +76,13 @@ def weighted_quantiles(
 
 
 def build_consensus(
-    prices: Sequence[float], weights: Sequence[float], as_of: int
+    prices: Sequence[float],
+    weights: Sequence[float],
+    as_of: int,
+    names: Sequence[str] | None = None,
 ) -> Consensus | None:
     if not len(prices):
         return None
     p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
-    return Consensus(price=median, p25=p25, p75=p75, providers=len(prices), as_of=as_of)
+    sources = tuple(zip(names, prices, weights, strict=True)) if names is not None else ()
+    return Consensus(median, p25, p75, len(prices), as_of, sources)

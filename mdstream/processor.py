@@ -63,6 +63,8 @@ class StepOutput:
     # Per raw batch id: each tick's quality score and check flags (mdstream.quality.checks.Check
     # bits), for RawMarketDataEvent.metadata (see mdstream.batch.expand_batch).
     tick_quality: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    # ConsensusPriceEvent records: the consensus when it changed (for the compacted topic).
+    consensus_events: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, other: StepOutput) -> None:
         """Append another step's outputs (the latest consensus per instrument wins)."""
@@ -71,6 +73,7 @@ class StepOutput:
         self.dead_letters += other.dead_letters
         self.consensus.update(other.consensus)
         self.tick_quality.update(other.tick_quality)
+        self.consensus_events += other.consensus_events
 
 
 def clock_key(partition: int) -> str:
@@ -269,6 +272,7 @@ def process_batch(
     consensus = quality.fresh_consensus(providers, cfg.quality, now)
     if consensus is not None:
         out.consensus[symbol] = consensus.to_record()
+        out.consensus_events += quality.consensus_changes(inst, symbol, consensus, emitted_ns)
 
     barlib.accumulate(
         inst["bars"],

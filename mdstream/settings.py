@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdstream.processor import PipelineConfig
+from mdstream.quality.alerts import SEVERITIES, severity_topic
+from mdstream.quality.config import QualityConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,12 +22,24 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _per_provider_ns(value: str) -> dict[str, int]:
+    """'alpaca=1000,finnhub=5000' (milliseconds) → {provider: ns}."""
+    out = {}
+    for item in _csv(value):
+        name, sep, ms = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected provider=milliseconds, got {item!r}")
+        out[name.strip()] = int(float(ms) * 1e6)
+    return out
+
+
 @dataclass(frozen=True)
 class Topics:
     raw: str
     normalized: str
     alerts: str
     dead_letter: str
+    consensus: str = "md.quality.consensus"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -35,10 +49,15 @@ class Topics:
             f"{prefix}md.normalized.bars",
             f"{prefix}md.quality.alerts",
             f"{prefix}md.deadletter",
+            consensus=f"{prefix}md.quality.consensus",
         )
 
     def outputs(self) -> tuple[str, ...]:
         return (self.normalized, self.alerts, self.dead_letter)
+
+    def alerts_by_severity(self) -> dict[str, str]:
+        """Each alert also goes to its severity's topic (`alerts` stays the all-alerts stream)."""
+        return {sev: severity_topic(self.alerts, sev) for sev in SEVERITIES}
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,11 @@ class Settings:
                 grace_ns=int(float(_env("GRACE_MS", "1000")) * 1e6),
                 provider_priority=_csv(_env("PROVIDER_PRIORITY", "alpaca,polygon,finnhub")),
                 outlier_rel=float(_env("OUTLIER_REL", "0.02")),
+                expected_interval_ns=_per_provider_ns(_env("EXPECTED_INTERVAL_MS", "")),
+                default_expected_interval_ns=int(
+                    float(_env("DEFAULT_EXPECTED_INTERVAL_MS", "1000")) * 1e6
+                ),
+                quality=QualityConfig(model_path=os.environ.get("MDSTREAM_QUALITY_MODEL") or None),
             ),
         )
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mdstream.contracts import (
     ALERT,
+    CONSENSUS,
     CONTRACTS,
     CORPORATE_ACTION,
     DEAD_LETTER,
@@ -123,6 +124,21 @@ RECORDS: dict[str, dict[str, Any]] = {
             "flags": ["OUT_OF_ORDER"],
             "quality_model": None,
         },
+    },
+    CONSENSUS: {
+        "eventId": "5d0c5b8e-2f7a-5e39-9d59-6a3c0f1b2e44",
+        "timestamp": NS,
+        "instrument": "AAPL",
+        "price": 228.51,
+        "p25": 228.50,
+        "p75": 228.52,
+        "providers": 3,
+        "as_of": NS - 2_000_000,
+        "sources": [
+            {"provider": "alpaca", "price": 228.51, "weight": 0.98},
+            {"provider": "polygon", "price": 228.50, "weight": 0.97},
+            {"provider": "finnhub", "price": 228.52, "weight": 0.71},
+        ],
     },
     CORPORATE_ACTION: {
         "eventId": "1c5c0c0a-3f1d-5f0e-8f43-6c1d1c1e2f3a",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mdstream.batch import TickColumns, tick_event_id
+from mdstream.batch import TickColumns, stable_id, tick_event_id
 from mdstream.consensus import Consensus, build_consensus
 from mdstream.quality import alerts as alertlib
 from mdstream.quality import checks, reliability
@@ -72,13 +72,15 @@ def fresh_consensus(
     """Reliability-weighted median of the fresh providers' last prices (one left out)."""
     weights = _weights(providers, qcfg) if weights is None else weights
     fresh = [
-        (p["price"], weights[name])
+        (name, p["price"], weights[name])
         for name, p in providers.items()
         if name != exclude and not p.get("stale") and p.get("price")
     ]
     if not fresh:
         return None
-    return build_consensus([p for p, _ in fresh], [w for _, w in fresh], as_of)
+    return build_consensus(
+        [p for _, p, _ in fresh], [w for _, _, w in fresh], as_of, [n for n, _, _ in fresh]
+    )
 
 
 def record_rejections(inst: dict[str, Any], provider: str, rejected: int) -> None:
@@ -489,3 +491,22 @@ def staleness(
         rel = p.setdefault("rel", reliability.new())
         reliability.observe_time(rel, now, not p.get("stale"), cfg.quality.reliability_half_life_ns)
     return out
+
+
+def consensus_changes(
+    inst: dict[str, Any], symbol: str, consensus: Consensus, emitted_ns: int
+) -> list[dict[str, Any]]:
+    """A ConsensusPriceEvent when price, quartiles or voter count moved since the last one."""
+    key = [consensus.price, consensus.p25, consensus.p75, consensus.providers]
+    if inst.get("consensus_sent") == key:
+        return []
+    inst["consensus_sent"] = key
+    record = consensus.to_record()
+    return [
+        {
+            "eventId": stable_id("consensus", symbol, consensus.as_of, *key),
+            "timestamp": emitted_ns,
+            "instrument": symbol,
+            **record,
+        }
+    ]
