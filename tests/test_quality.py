@@ -21,6 +21,7 @@ from mdstream.processor import PipelineConfig, RawMessage, StepOutput, process_b
 from mdstream.quality import alerts as alertlib
 from mdstream.quality import checks, reliability, score
 from mdstream.quality.assess import fresh_consensus
+from mdstream.quality.checks import Check
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -474,3 +475,31 @@ def test_expected_interval_is_per_feed() -> None:
         run(state, bs, cfg)
     providers = state["AAPL"]["providers"]
     assert providers["polygon"]["stale"] and not providers["finnhub"]["stale"]
+
+
+def test_a_persistent_level_shift_is_accepted_after_a_run_of_outliers() -> None:
+    # A 2:1 split's ex-date on a raw feed: every provider jumps from 100 to 50, for good.
+    state: dict[str, Any] = {}
+    t = warm(state, ("alpaca", "polygon", "finnhub"))
+    n = CFG.quality.level_shift_after
+    out = StepOutput()
+    for k in range(n + 30):
+        for i, p in enumerate(("alpaca", "polygon", "finnhub")):
+            b = batch(p, [tick(t + k * 50 * MS + i * MS, 50.0 + (k % 3) * 0.01)])
+            step = run(state, [b])
+            out.add(step)
+            if p == "alpaca":
+                shifted = Check.LEVEL_SHIFT.name in flags_of(step, b)[0]
+                assert shifted == (k == n - 1), k
+    providers = state["AAPL"]["providers"]
+    assert all(49.9 < p["price"] < 50.1 for p in providers.values())
+    assert 49.9 < out.consensus["AAPL"]["price"] < 50.1
+    outliers = [(a["source"], a["status"]) for a in out.alerts
+                if a["alert_type"] == "OUTLIER_DETECTED"]  # fmt: skip
+    assert sorted(outliers) == sorted(
+        (p, s) for p in ("alpaca", "polygon", "finnhub") for s in ("RAISED", "CLEARED")
+    )
+    # A lone fat finger is not a level shift: one print, excluded, and the level stays.
+    b = batch("alpaca", [tick(t + 5 * S, 500.0)])
+    step = run(state, [b])
+    assert flags_of(step, b) == [{"CROSS_SOURCE_OUTLIER"}]

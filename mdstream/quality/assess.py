@@ -198,15 +198,23 @@ def assess_batch(
             cols.ts[idx], cols.price[idx], cols.volume[idx], feed["last_ts"], me.get("price")
         )
 
+    offending = cross | stat
+    shifted = none
+    if offending.any() or feed.get("shift"):
+        before = offending.copy()
+        _level_shifts(cols, candidates, offending, feed, cfg)
+        shifted = before & ~offending
+        cross &= offending
+        stat &= offending
     for mask, check in (
         (lock, Check.LOCKED_QUOTE), (wide, Check.WIDE_SPREAD), (nonreg, Check.NON_REGULAR),
         (cross, Check.CROSS_SOURCE_OUTLIER), (ooo, Check.OUT_OF_ORDER), (dup, Check.DUPLICATE),
         (gap, Check.SEQUENCE_GAP), (outside, Check.OUTSIDE_SESSION),
         (stat, Check.STATISTICAL_OUTLIER), (anomalous, Check.MODEL_ANOMALY),
+        (shifted, Check.LEVEL_SHIFT),
     ):  # fmt: skip
         if mask is not none:
             flags[mask] |= int(check)
-    offending = cross | stat
     any_offence = bool(offending.any())
     bar_trades = (
         trade & ~(offending | nonreg | dup)
@@ -279,6 +287,37 @@ def assess_batch(
     _add_to_windows(inst, cols, bar_trades, flags, accuracy, timeliness, completeness,
                     consistency, cfg, partition, offset)  # fmt: skip
     return Assessment(bar_trades, flags, scores, out)
+
+
+def _level_shifts(
+    cols: TickColumns,
+    candidates: np.ndarray,
+    offending: np.ndarray,
+    feed: dict[str, Any],
+    cfg: PipelineConfig,
+) -> None:
+    """A fat finger is a lone print; a real level shift (a split's ex-date on a raw feed, a
+    crash) persists. After `level_shift_after` consecutive offending trades within the outlier
+    threshold of each other, the feed's new level is accepted (un-flagged in `offending`) and
+    its price history restarts there. Without this, a feed that moved for good would be
+    excluded for ever."""
+    shift = feed.get("shift")  # [anchor price, consecutive offending trades near it]
+    accepted = False
+    for i in np.flatnonzero(candidates):
+        price = float(cols.price[i])
+        if not offending[i]:
+            shift = None
+            continue
+        if shift is not None and abs(price / shift[0] - 1) <= cfg.outlier_rel:
+            shift[1] += 1
+        else:
+            shift = [price, 1]
+        if shift[1] >= cfg.quality.level_shift_after:
+            offending[i] = False
+            accepted = True
+    if accepted:
+        feed["hist"] = []
+    feed["shift"] = shift
 
 
 def _outlier_alerts(

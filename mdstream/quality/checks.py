@@ -31,6 +31,8 @@ class Check(IntFlag):
     # level 5, statistical
     STATISTICAL_OUTLIER = 1 << 8
     MODEL_ANOMALY = 1 << 9
+    # an outlier accepted as the feed's new level (see assess._level_shifts)
+    LEVEL_SHIFT = 1 << 10
 
 
 #: Flags that keep a trade out of bars, consensus and the feed's price history.

@@ -27,6 +27,9 @@ class QualityConfig:
     mad_k: float = 10.0
     mad_floor_rel: float = 5e-4
     mad_min_history: int = 20
+    # This many consecutive outliers from a feed, all near each other, are a level shift, not
+    # outliers: the feed's new level is accepted (see assess._level_shifts).
+    level_shift_after: int = 20
     # An OUTLIER/MISSING condition clears after this many clean trades from the feed.
     clear_after_clean: int = 20
     # Temporal: an instrument is missing when silent during a session for longer than
