@@ -202,7 +202,12 @@ def assess_batch(
     shifted = none
     if offending.any() or feed.get("shift"):
         before = offending.copy()
-        _level_shifts(cols, candidates, offending, feed, cfg)
+        seen_elsewhere = [
+            p["q"]["shift"][0]
+            for name, p in providers.items()
+            if name != provider and p.get("q", {}).get("shift") and not p.get("stale")
+        ]
+        _level_shifts(cols, candidates, offending, feed, seen_elsewhere, cfg)
         shifted = before & ~offending
         cross &= offending
         stat &= offending
@@ -294,13 +299,15 @@ def _level_shifts(
     candidates: np.ndarray,
     offending: np.ndarray,
     feed: dict[str, Any],
+    seen_elsewhere: Sequence[float],
     cfg: PipelineConfig,
 ) -> None:
     """A fat finger is a lone print; a real level shift (a split's ex-date on a raw feed, a
-    crash) persists. After `level_shift_after` consecutive offending trades within the outlier
-    threshold of each other, the feed's new level is accepted (un-flagged in `offending`) and
-    its price history restarts there. Without this, a feed that moved for good would be
-    excluded for ever."""
+    crash) persists, and other providers see it too. After `level_shift_after` consecutive
+    offending trades within the outlier threshold of each other, or at once when another fresh
+    provider's own run of outliers sits at the same level, the feed's new level is accepted
+    (un-flagged in `offending`) and its price history restarts there. Without this, a feed that
+    moved for good would be excluded for ever."""
     shift = feed.get("shift")  # [anchor price, consecutive offending trades near it]
     accepted = False
     for i in np.flatnonzero(candidates):
@@ -312,7 +319,8 @@ def _level_shifts(
             shift[1] += 1
         else:
             shift = [price, 1]
-        if shift[1] >= cfg.quality.level_shift_after:
+        confirmed = any(abs(price / seen - 1) <= cfg.outlier_rel for seen in seen_elsewhere)
+        if shift[1] >= cfg.quality.level_shift_after or confirmed:
             offending[i] = False
             accepted = True
     if accepted:
