@@ -21,7 +21,6 @@ from mdstream.processor import PipelineConfig, RawMessage, StepOutput, process_b
 from mdstream.quality import alerts as alertlib
 from mdstream.quality import checks, reliability, score
 from mdstream.quality.assess import fresh_consensus
-from mdstream.quality.checks import Check
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -477,29 +476,36 @@ def test_expected_interval_is_per_feed() -> None:
     assert providers["polygon"]["stale"] and not providers["finnhub"]["stale"]
 
 
-def test_a_persistent_level_shift_is_accepted_after_a_run_of_outliers() -> None:
-    # A 2:1 split's ex-date on a raw feed: every provider jumps from 100 to 50, for good.
+def test_a_lone_feed_s_persistent_level_shift_is_accepted_after_a_run_of_outliers() -> None:
+    # A 2:1 split's ex-date on a raw feed: the price halves for good.
     state: dict[str, Any] = {}
-    t = warm(state, ("alpaca", "polygon", "finnhub"))
+    t = warm(state, ("alpaca",))
     n = CFG.quality.level_shift_after
     out = StepOutput()
     for k in range(n + 30):
-        for i, p in enumerate(("alpaca", "polygon", "finnhub")):
-            b = batch(p, [tick(t + k * 50 * MS + i * MS, 50.0 + (k % 3) * 0.01)])
-            step = run(state, [b])
-            out.add(step)
-            if p == "alpaca":
-                shifted = Check.LEVEL_SHIFT.name in flags_of(step, b)[0]
-                assert shifted == (k == n - 1), k
-    providers = state["AAPL"]["providers"]
-    assert all(49.9 < p["price"] < 50.1 for p in providers.values())
-    assert 49.9 < out.consensus["AAPL"]["price"] < 50.1
-    outliers = [(a["source"], a["status"]) for a in out.alerts
-                if a["alert_type"] == "OUTLIER_DETECTED"]  # fmt: skip
-    assert sorted(outliers) == sorted(
-        (p, s) for p in ("alpaca", "polygon", "finnhub") for s in ("RAISED", "CLEARED")
-    )
+        b = batch("alpaca", [tick(t + k * 50 * MS, 50.0 + (k % 3) * 0.01)])
+        step = run(state, [b])
+        out.add(step)
+        expected = {"LEVEL_SHIFT"} if k == n - 1 else {"CROSS_SOURCE_OUTLIER"} if k < n else set()
+        assert flags_of(step, b)[0] == expected, k
+    assert 49.9 < state["AAPL"]["providers"]["alpaca"]["price"] < 50.1
+    assert [(a["alert_type"], a["status"]) for a in out.alerts] == [
+        ("OUTLIER_DETECTED", "RAISED"),
+        ("OUTLIER_DETECTED", "CLEARED"),
+    ]
     # A lone fat finger is not a level shift: one print, excluded, and the level stays.
     b = batch("alpaca", [tick(t + 5 * S, 500.0)])
-    step = run(state, [b])
-    assert flags_of(step, b) == [{"CROSS_SOURCE_OUTLIER"}]
+    assert flags_of(run(state, [b]), b) == [{"CROSS_SOURCE_OUTLIER"}]
+
+
+def test_a_level_shift_seen_by_a_second_provider_is_accepted_at_once() -> None:
+    state: dict[str, Any] = {}
+    t = warm(state, ("alpaca", "polygon", "finnhub"))
+    first = batch("alpaca", [tick(t, 50.0)])
+    second = batch("polygon", [tick(t + MS, 50.01)])
+    third = batch("finnhub", [tick(t + 2 * MS, 50.0)])
+    out = run(state, [first, second, third])
+    assert flags_of(out, first) == [{"CROSS_SOURCE_OUTLIER"}]  # alone, it may be a fat finger
+    assert flags_of(out, second) == [{"LEVEL_SHIFT"}]  # the same level from another provider
+    assert flags_of(out, third) == [set()]  # now the consensus is there
+    assert out.consensus["AAPL"]["price"] == 50.01  # alpaca's excluded print left it at 100
