@@ -10,6 +10,7 @@ import sys
 _COMMAND_MODULES = [
     "mdstream.services.cli",
     "mdstream.demo",
+    "mdstream.quality.cli",
 ]
 
 

@@ -509,3 +509,39 @@ def test_a_level_shift_seen_by_a_second_provider_is_accepted_at_once() -> None:
     assert flags_of(out, second) == [{"LEVEL_SHIFT"}]  # the same level from another provider
     assert flags_of(out, third) == [set()]  # now the consensus is there
     assert out.consensus["AAPL"]["price"] == 50.01  # alpaca's excluded print left it at 100
+
+
+# --------------------------------------------------------------------------------------------
+# lineage
+
+
+def test_every_bar_traces_back_to_exactly_the_raw_events_that_made_it() -> None:
+    from mdstream.quality.lineage import trace
+    from mdstream.simulate import INSTRUMENTS, FeedSpec, generate
+
+    feed = FeedSpec(duration_s=6, bad_tick_rate=0.01, garbage_message_rate=0.01, seed=3,
+                    instruments=INSTRUMENTS[:2])  # fmt: skip
+    raw = [
+        RawMessage(CONTRACTS.encode(RAW_BATCH, m.value) if isinstance(m.value, dict) else m.value,
+                   m.key, "md.raw", i % 2, i // 2)
+        for i, m in enumerate(generate(feed))
+    ]  # fmt: skip
+    out, _, _ = recompute(raw, CFG, CONTRACTS)
+    bars = [b for b in out.bars if b["interval"] == "1s"]
+    assert len(bars) >= 8
+    excluded_somewhere = False
+    for bar in bars:
+        lin = bar["lineage"]
+        assert lin["raw_partition"] in (0, 1)
+        assert lin["raw_offset_first"] <= lin["raw_offset_last"]
+        traced = trace(bar, raw, CFG, CONTRACTS)
+        assert traced["consistent"], (bar["ohlcv"], traced["trades_entered"])
+        assert traced["trades_entered"] == bar["ohlcv"]["trade_count"] == lin["raw_ticks"]
+        excluded_somewhere |= any(not e["entered_bar"] for e in traced["events"])
+        assert {o for o in (e["raw_offset"] for e in traced["events"])} <= set(
+            range(lin["raw_offset_first"], lin["raw_offset_last"] + 1)
+        )
+    assert excluded_somewhere  # the faults were in the windows and were left out
+    with pytest.raises(ValueError, match="no raw offsets"):
+        trace({**bars[0], "lineage": {**bars[0]["lineage"], "raw_partition": None}}, raw, CFG,
+              CONTRACTS)  # fmt: skip

@@ -8,6 +8,7 @@ function of its input). reliability = 0.3 uptime + 0.3 (1 - error rate) + 0.1 la
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 _ZERO = {"up": 0.0, "span": 0.0, "ticks": 0.0, "errors": 0.0, "lat": 0.0, "agree": 0.0, "n": 0.0}
@@ -76,3 +77,28 @@ def weight(rel: dict[str, Any] | None, latency_good_ms: float, latency_bad_ms: f
     if rel is None or rel["t"] is None:
         return PRIOR
     return max(FLOOR, figures(rel, latency_good_ms, latency_bad_ms)["reliability"])
+
+
+def sla_by_provider(
+    instruments: Mapping[str, Mapping[str, Any]], latency_good_ms: float, latency_bad_ms: float
+) -> dict[str, dict[str, float]]:
+    """Per provider, its SLA figures over every instrument it covers: the instruments' decayed
+    accumulators summed (so busy instruments weigh more), then `figures`."""
+    total: dict[str, dict[str, Any]] = {}
+    for inst in instruments.values():
+        for name, p in (inst or {}).get("providers", {}).items():
+            rel = p.get("rel")
+            if not rel:
+                continue
+            acc = total.setdefault(name, {"t": 0, **_ZERO, "instruments": 0})
+            for k in _ZERO:
+                acc[k] += rel[k]
+            acc["instruments"] += 1
+    return {
+        name: {
+            **figures(acc, latency_good_ms, latency_bad_ms),
+            "instruments": acc["instruments"],
+            "ticks": acc["ticks"],
+        }
+        for name, acc in sorted(total.items())
+    }
