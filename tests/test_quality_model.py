@@ -64,9 +64,7 @@ def test_version_is_a_hash_of_params_and_training_window(model_path: Path) -> No
 def test_the_pipeline_flags_abnormal_trades_with_the_model(model_path: Path) -> None:
     cfg = dataclasses.replace(
         PipelineConfig(),
-        quality=dataclasses.replace(
-            PipelineConfig().quality, model_path=str(model_path)
-        ),
+        quality=dataclasses.replace(PipelineConfig().quality, model_path=str(model_path)),
     )
     ts, price, size = _normal_trades(400, seed=9)
     # After 30 s of silence, a block a hundred thousand times the usual size: abnormal on two
