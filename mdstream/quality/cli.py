@@ -156,12 +156,14 @@ def sla(args: argparse.Namespace) -> None:
 
 
 def lineage(args: argparse.Namespace) -> None:
-    from mdstream.app import contracts
     from mdstream.bus import read_all
+    from mdstream.contracts import ContractSet
     from mdstream.processor import RawMessage
     from mdstream.quality.lineage import trace
+    from mdstream.registry import contract_ids
 
     s = _settings()
+    contracts = ContractSet.load(contract_ids(s))
     bar = None
     for rec in read_all(s.bootstrap, [s.topics.normalized], idle_s=args.idle):
         _, value = contracts.decode(rec.value)
