@@ -315,6 +315,17 @@ def test_conditions_raise_once_and_clear_with_their_severity() -> None:
         alertlib.severity_topic("md.quality.alerts", "SEVERE")
 
 
+def test_source_unavailable_is_critical_at_both_ends() -> None:
+    opened = alertlib.source_unavailable("finnhub", True, 5 * S, 5 * S, "circuit breaker open")
+    closed = alertlib.source_unavailable("finnhub", False, 9 * S, 5 * S, "recovered")
+    assert (opened["status"], closed["status"]) == ("RAISED", "CLEARED")
+    assert opened["severity"] == closed["severity"] == "CRITICAL"
+    assert opened["eventId"] != closed["eventId"]
+    again = alertlib.source_unavailable("finnhub", True, 6 * S, 5 * S, "circuit breaker open")
+    assert again["eventId"] == opened["eventId"]  # the same outage: the same id
+    assert CONTRACTS.decode(CONTRACTS.encode("DataQualityAlertEvent", closed))[1] == closed
+
+
 def test_quality_below_threshold_raises_quality_degraded_and_clears() -> None:
     state: dict[str, Any] = {}
     run(state, [batch("polygon", [tick(T - 3 * S)])])  # polygon is known, then goes stale

@@ -104,6 +104,19 @@ def count_clean(
     return state["clean"]
 
 
+def source_unavailable(
+    provider: str, opened: bool, at_ns: int, opened_at_ns: int, reason: str, symbol: str = "*"
+) -> dict[str, Any]:
+    """SOURCE_UNAVAILABLE for an ingest circuit breaker: RAISED when it opens, CLEARED when it
+    closes again, both CRITICAL (one severity topic sees both ends) and with the same condition
+    key (`opened_at_ns`, when the breaker opened), so a redelivered event keeps its id. Published
+    by the ingest side to the all-alerts topic and `severity_topic(..., "CRITICAL")`."""
+    return alert(
+        "SOURCE_UNAVAILABLE", "CRITICAL", RAISED if opened else CLEARED, provider, symbol,
+        reason, at_ns, opened_at_ns, last_update=opened_at_ns,
+    )  # fmt: skip
+
+
 def severity_topic(alerts_topic: str, severity: str) -> str:
     """Per-severity alert topic beside the all-alerts topic: md.quality.alerts.high, ..."""
     if severity not in SEVERITIES:
