@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mdstream.processor import PipelineConfig
 from mdstream.quality.alerts import SEVERITIES, severity_topic
-from mdstream.quality.config import QualityConfig
+from mdstream.quality.config import NON_REGULAR_CONDITIONS, QualityConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,12 @@ class Settings:
                 default_expected_interval_ns=int(
                     float(_env("DEFAULT_EXPECTED_INTERVAL_MS", "1000")) * 1e6
                 ),
-                quality=QualityConfig(model_path=os.environ.get("MDSTREAM_QUALITY_MODEL") or None),
+                quality=QualityConfig(
+                    model_path=os.environ.get("MDSTREAM_QUALITY_MODEL") or None,
+                    non_regular_conditions=frozenset(
+                        _csv(_env("NON_REGULAR_CONDITIONS", ",".join(NON_REGULAR_CONDITIONS)))
+                    ),
+                ),
             ),
         )
 

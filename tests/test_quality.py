@@ -556,3 +556,24 @@ def test_every_bar_traces_back_to_exactly_the_raw_events_that_made_it() -> None:
     with pytest.raises(ValueError, match="no raw offsets"):
         trace({**bars[0], "lineage": {**bars[0]["lineage"], "raw_partition": None}}, raw, CFG,
               CONTRACTS)  # fmt: skip
+
+
+def test_quality_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mdstream.settings import Settings
+
+    monkeypatch.setenv("MDSTREAM_EXPECTED_INTERVAL_MS", "alpaca=500, finnhub=5000")
+    monkeypatch.setenv("MDSTREAM_DEFAULT_EXPECTED_INTERVAL_MS", "2000")
+    monkeypatch.setenv("MDSTREAM_NON_REGULAR_CONDITIONS", "T,W")
+    monkeypatch.setenv("MDSTREAM_QUALITY_MODEL", "/models/etf-abc.npz")
+    monkeypatch.setenv("MDSTREAM_TOPIC_PREFIX", "x.")
+    s = Settings.from_env()
+    assert s.pipeline.expected_interval_ns == {"alpaca": 500 * MS, "finnhub": 5000 * MS}
+    assert s.pipeline.expected_interval("polygon") == 2000 * MS
+    assert s.pipeline.quality.non_regular_conditions == {"T", "W"}
+    assert s.pipeline.quality.model_path == "/models/etf-abc.npz"
+    assert s.topics.consensus == "x.md.quality.consensus"
+    assert s.topics.alerts_by_severity()["CRITICAL"] == "x.md.quality.alerts.critical"
+    assert s.topics.consensus not in s.topics.outputs()  # not co-compared by the crash test
+    monkeypatch.setenv("MDSTREAM_EXPECTED_INTERVAL_MS", "alpaca")
+    with pytest.raises(ValueError, match="provider=milliseconds"):
+        Settings.from_env()
