@@ -272,7 +272,9 @@ def process_batch(
     consensus = quality.fresh_consensus(providers, cfg.quality, now)
     if consensus is not None:
         out.consensus[symbol] = consensus.to_record()
-        out.consensus_events += quality.consensus_changes(inst, symbol, consensus, emitted_ns)
+        out.consensus_events += quality.consensus_changes(
+            inst, symbol, consensus, emitted_ns, cfg.quality.consensus_publish_every_ns
+        )
 
     barlib.accumulate(
         inst["bars"],

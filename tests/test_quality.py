@@ -577,3 +577,22 @@ def test_quality_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MDSTREAM_EXPECTED_INTERVAL_MS", "alpaca")
     with pytest.raises(ValueError, match="provider=milliseconds"):
         Settings.from_env()
+
+
+def test_consensus_events_on_change_at_most_once_a_second() -> None:
+    state: dict[str, Any] = {}
+    out = StepOutput()
+    for k in range(50):  # 5 s; the price moves on every batch
+        out.add(process_batch(batch("alpaca", [tick(T + k * 100 * MS, 100 + k / 100)]), state, 0,
+                              CFG, emitted_ns=0))  # fmt: skip
+    events = out.consensus_events
+    assert [e["as_of"] for e in events] == [T + k * S for k in range(5)]
+    assert events[-1]["price"] == pytest.approx(100.4)
+    (vote,) = events[-1]["sources"]
+    assert (vote["provider"], vote["price"]) == ("alpaca", 100.4)
+    assert 0.99 < vote["weight"] <= 1.0  # its reliability (timeliness not quite perfect)
+    assert len({e["eventId"] for e in events}) == 5
+    # Unchanged: nothing, however long.
+    quiet = [batch("alpaca", [tick(T + 6 * S + k * S, 100.49)]) for k in range(5)]
+    out = run(state, quiet)
+    assert len(out.consensus_events) == 1

@@ -541,13 +541,16 @@ def staleness(
 
 
 def consensus_changes(
-    inst: dict[str, Any], symbol: str, consensus: Consensus, emitted_ns: int
+    inst: dict[str, Any], symbol: str, consensus: Consensus, emitted_ns: int, every_ns: int
 ) -> list[dict[str, Any]]:
-    """A ConsensusPriceEvent when price, quartiles or voter count moved since the last one."""
+    """A ConsensusPriceEvent when price, quartiles or voter count moved since the last one, at
+    most one per `every_ns` of event time: a message per batch would cost the worker a third of
+    its throughput, and the `consensus` table always holds the latest."""
     key = [consensus.price, consensus.p25, consensus.p75, consensus.providers]
-    if inst.get("consensus_sent") == key:
+    sent = inst.get("consensus_sent")
+    if sent is not None and (sent[:4] == key or consensus.as_of - sent[4] < every_ns):
         return []
-    inst["consensus_sent"] = key
+    inst["consensus_sent"] = [*key, consensus.as_of]
     record = consensus.to_record()
     return [
         {

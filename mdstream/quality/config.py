@@ -49,5 +49,7 @@ class QualityConfig:
     score_min_ticks: int = 50
     # Provider reliability: event-time EWMAs with this half-life.
     reliability_half_life_ns: int = 300_000_000_000
+    # ConsensusPriceEvents: at most one per instrument per this much event time.
+    consensus_publish_every_ns: int = 1_000_000_000
     # The isolation-forest model file (mdstream quality train); None: level-5 model check off.
     model_path: str | None = None
