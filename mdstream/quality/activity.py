@@ -17,6 +17,7 @@ import numpy as np
 from mdstream.quality.alerts import ALL_SOURCES, CLEARED, RAISED, alert
 from mdstream.quality.calendar import sessions
 from mdstream.quality.config import QualityConfig
+from mdstream.quality.reliability import compact
 
 LAST, TYPICAL, UPDATES, SINCE = range(4)
 #: Updates needed before an instrument's normal activity is known well enough to judge.
@@ -47,8 +48,8 @@ def observe(
     elif now > entry[LAST]:
         # The outage itself does not teach what normal activity is.
         gap = (now - entry[LAST]) / max(ticks, 1)
-        entry[TYPICAL] = (
-            gap if entry[TYPICAL] is None else ((1 - _EWMA) * entry[TYPICAL] + _EWMA * gap)
+        entry[TYPICAL] = compact(
+            gap if entry[TYPICAL] is None else (1 - _EWMA) * entry[TYPICAL] + _EWMA * gap
         )
     entry[LAST] = max(entry[LAST], now)
     entry[UPDATES] += 1

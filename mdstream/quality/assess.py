@@ -4,8 +4,9 @@
 rules and are not late; it reads and updates the instrument's state (plain JSON-able dicts):
 
 - ``providers[name]``: ``price``, ``ts``, ``stale`` (consensus and staleness), plus ``q`` (the
-  feed's quality memory: last event time and sequence number, price history for the MAD check,
-  the day's spreads, running score) and ``rel`` (reliability accumulators);
+  feed's quality memory: last event time and sequence number, the day's spreads, running score,
+  a level shift in progress) and ``rel`` (reliability accumulators);
+- ``hist``: the instrument's last accepted trade prices, for the rolling median/MAD check;
 - ``conditions``: raised alert conditions (`mdstream.quality.alerts`);
 - ``windows``: per open bar window and provider, sums of the tick scores and the lineage of the
   ticks that went into it, read when the bar closes (`bar_quality`).
@@ -28,6 +29,7 @@ from mdstream.quality.calendar import sessions
 from mdstream.quality.checks import Check
 from mdstream.quality.config import QualityConfig
 from mdstream.quality.model import load_model
+from mdstream.quality.reliability import compact
 
 if TYPE_CHECKING:
     from mdstream.processor import PipelineConfig
@@ -54,7 +56,7 @@ class Assessment:
 
 
 def _new_feed() -> dict[str, Any]:
-    return {"last_ts": 0, "seq": None, "hist": [], "spreads": [], "day": -1, "ewma": 1.0, "n": 0}
+    return {"last_ts": 0, "seq": None, "spreads": [], "day": -1, "ewma": 1.0, "n": 0}
 
 
 def _weights(providers: Mapping[str, Any], qcfg: QualityConfig) -> dict[str, float]:
@@ -181,10 +183,11 @@ def assess_batch(
     with np.errstate(invalid="ignore"):
         cross = candidates & (deviation > cfg.outlier_rel)
 
-    # Level 5, statistical: rolling median/MAD over the feed's own accepted trades; a move the
-    # other providers also saw (their consensus within k MADs of the tick) is not an outlier.
+    # Level 5, statistical: rolling median/MAD over the instrument's last accepted trades (all
+    # providers: they report the same tape); a move the other providers also saw (their
+    # consensus within k MADs of the tick) is not an outlier.
     stat, median, mad = checks.mad_outliers(
-        feed["hist"], cols.price, k=qcfg.mad_k, floor_rel=qcfg.mad_floor_rel,
+        inst.setdefault("hist", []), cols.price, k=qcfg.mad_k, floor_rel=qcfg.mad_floor_rel,
         min_history=qcfg.mad_min_history,
     )  # fmt: skip
     stat &= candidates & ~cross
@@ -207,7 +210,8 @@ def assess_batch(
             for name, p in providers.items()
             if name != provider and p.get("q", {}).get("shift") and not p.get("stale")
         ]
-        _level_shifts(cols, candidates, offending, feed, seen_elsewhere, cfg)
+        if _level_shifts(cols, candidates, offending, feed, seen_elsewhere, cfg):
+            inst["hist"] = []
         shifted = before & ~offending
         cross &= offending
         stat &= offending
@@ -271,7 +275,7 @@ def assess_batch(
         scores = np.where(ok, scores, 0.0)
 
     # Running feed score → QUALITY_DEGRADED (with hysteresis).
-    feed["ewma"] = _ewma(feed["ewma"], scores, qcfg.score_alpha)
+    feed["ewma"] = compact(_ewma(feed["ewma"], scores, qcfg.score_alpha))
     feed["n"] += n
     out += _score_alerts(feed, conditions, provider, symbol, now, qcfg)
 
@@ -287,7 +291,7 @@ def assess_batch(
         top = int(np.nanmax(np.where(ok, seqs, np.nan)))
         feed["seq"] = top if feed["seq"] is None else max(feed["seq"], top)
     if bar_trades.any():
-        feed["hist"] = (feed["hist"] + cols.price[bar_trades].tolist())[-qcfg.mad_window :]
+        inst["hist"] = (inst["hist"] + cols.price[bar_trades].tolist())[-qcfg.mad_window :]
 
     _add_to_windows(inst, cols, bar_trades, flags, accuracy, timeliness, completeness,
                     consistency, cfg, partition, offset)  # fmt: skip
@@ -301,13 +305,13 @@ def _level_shifts(
     feed: dict[str, Any],
     seen_elsewhere: Sequence[float],
     cfg: PipelineConfig,
-) -> None:
+) -> bool:
     """A fat finger is a lone print; a real level shift (a split's ex-date on a raw feed, a
     crash) persists, and other providers see it too. After `level_shift_after` consecutive
     offending trades within the outlier threshold of each other, or at once when another fresh
     provider's own run of outliers sits at the same level, the feed's new level is accepted
-    (un-flagged in `offending`) and its price history restarts there. Without this, a feed that
-    moved for good would be excluded for ever."""
+    (un-flagged in `offending`), and the instrument's price history must restart there (returns
+    True). Without this, a feed that moved for good would be excluded for ever."""
     shift = feed.get("shift")  # [anchor price, consecutive offending trades near it]
     accepted = False
     for i in np.flatnonzero(candidates):
@@ -323,9 +327,8 @@ def _level_shifts(
         if shift[1] >= cfg.quality.level_shift_after or confirmed:
             offending[i] = False
             accepted = True
-    if accepted:
-        feed["hist"] = []
     feed["shift"] = shift
+    return accepted
 
 
 def _outlier_alerts(
@@ -432,10 +435,10 @@ def _add_to_windows(
                 cols.source, [0, 0.0, 0.0, 0.0, 0.0, 0, 0, offset, offset, partition]
             )
             row[N] += k
-            row[ACC] += float(acc[sel].sum())
-            row[TIME] += float(tim[sel].sum())
-            row[COMP] += completeness * k
-            row[CONS] += consistency * k
+            row[ACC] = compact(row[ACC] + float(acc[sel].sum()))
+            row[TIME] = compact(row[TIME] + float(tim[sel].sum()))
+            row[COMP] = compact(row[COMP] + completeness * k)
+            row[CONS] = compact(row[CONS] + consistency * k)
             row[FLAGS] |= int(np.bitwise_or.reduce(fl[sel]))
             row[BATCHES] += 1
             if offset is not None:

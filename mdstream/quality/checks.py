@@ -35,7 +35,7 @@ class Check(IntFlag):
     LEVEL_SHIFT = 1 << 10
 
 
-#: Flags that keep a trade out of bars, consensus and the feed's price history.
+#: Flags that keep a trade out of bars, consensus and the price history.
 EXCLUDING = Check.NON_REGULAR | Check.CROSS_SOURCE_OUTLIER | Check.DUPLICATE
 EXCLUDING |= Check.STATISTICAL_OUTLIER
 
@@ -116,8 +116,8 @@ def mad_outliers(
     floor_rel: float,
     min_history: int,
 ) -> tuple[np.ndarray, float, float]:
-    """Robust outliers (Barndorff-Nielsen et al. 2009): |p - median| > k × MAD of the feed's
-    trailing accepted prices. Trailing, since a stream cannot look ahead; one reference per batch
+    """Robust outliers (Barndorff-Nielsen et al. 2009): |p - median| > k × MAD of the trailing
+    accepted prices. Trailing, since a stream cannot look ahead; one reference per batch
     (batches span milliseconds). Returns (mask, median, MAD); no judgement (all False, NaN)
     with fewer than `min_history` prices.
     """

@@ -181,14 +181,19 @@ def _session_close(cal: Any, day: date) -> int:
 def daily_config(cfg: PipelineConfig, providers: Sequence[str]) -> PipelineConfig:
     """Daily data: a feed is stale after a week without a close; the first provider of a day is
     compared with the others' closes of the day before, so the outlier threshold is a daily
-    move (10 %; earnings days move 8 %), not a tick's 2 %; a level holding two days is a level
-    shift; the activity checks have no meaning at one print a day."""
+    move (10 %; earnings days move 8 %), not a tick's 2 %; the rolling median/MAD needs 20 days;
+    a level holding two days is a level shift; activity checks mean nothing at a print a day."""
     return dataclasses.replace(
         cfg,
         outlier_rel=0.10,
         expected_interval_ns={p: 4 * DAY for p in providers},
         quality=dataclasses.replace(
-            cfg.quality, level_shift_after=2, min_gap_ns=30 * DAY, mad_min_history=20
+            cfg.quality,
+            level_shift_after=2,
+            min_gap_ns=30 * DAY,
+            # 20 days of every provider's closes: the MAD of fewer daily moves is not robust.
+            mad_window=20 * len(providers),
+            mad_min_history=20 * len(providers),
         ),
     )
 

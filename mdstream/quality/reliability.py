@@ -21,6 +21,17 @@ def new() -> dict[str, Any]:
     return {"t": None, **_ZERO}
 
 
+def compact(x: float) -> float:
+    """Six significant digits: the state is JSON in a changelog on every batch, and a float's
+    full repr would triple its size for no meaningful precision."""
+    return float(f"{x:.6g}")
+
+
+def _compact_all(rel: dict[str, Any]) -> None:
+    for k in _ZERO:
+        rel[k] = compact(rel[k])
+
+
 def _decay(rel: dict[str, Any], now: int, half_life_ns: int) -> float:
     """Decay every accumulator to `now`; returns the event time elapsed since the last update."""
     if rel["t"] is None:
@@ -41,6 +52,7 @@ def observe_time(rel: dict[str, Any], now: int, up: bool, half_life_ns: int) -> 
     rel["span"] += dt
     if up:
         rel["up"] += dt
+    _compact_all(rel)
 
 
 def observe_ticks(
@@ -52,6 +64,7 @@ def observe_ticks(
     rel["lat"] += latency_ms_sum
     rel["agree"] += agreement_sum
     rel["n"] += judged
+    _compact_all(rel)
 
 
 def figures(rel: dict[str, Any], latency_good_ms: float, latency_bad_ms: float) -> dict[str, float]:
