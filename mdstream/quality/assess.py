@@ -281,6 +281,7 @@ def assess_batch(
 
     # Reliability, then the feed's memory.
     judged = candidates & np.isfinite(deviation)
+    # The time since this provider's last report was up, unless it has been stale.
     reliability.observe_time(rel, now, not me.get("stale"), qcfg.reliability_half_life_ns)
     reliability.observe_ticks(
         rel, n, rejected + int(offending.sum()), float(latency[ok].sum() / _MS),
@@ -506,7 +507,8 @@ def staleness(
 
     Judged on the instrument's event time, so only while another provider still updates it: an
     instrument nobody updates is MISSING_DATA (`mdstream.quality.activity`), not a stale feed.
-    Also feeds every provider's uptime.
+    (Uptime is counted by `assess_batch` when a provider reports: a silence it was stale
+    through counts as down then.)
     """
     out: list[dict[str, Any]] = []
     providers: dict[str, Any] = inst["providers"]
@@ -538,8 +540,6 @@ def staleness(
             )  # fmt: skip
             if raised:
                 out.append(raised)
-        rel = p.setdefault("rel", reliability.new())
-        reliability.observe_time(rel, now, not p.get("stale"), cfg.quality.reliability_half_life_ns)
     return out
 
 
