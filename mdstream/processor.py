@@ -29,8 +29,6 @@ from mdstream.validation import ValidationRules, validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["stable_id"]
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
