@@ -9,12 +9,14 @@ import faust
 from mdstream.app import (
     alerts_topic,
     app,
+    consensus_topic,
     contracts,
     dead_letter_topic,
     normalized_topic,
     raw_topic,
+    severity_alert_topics,
 )
-from mdstream.contracts import ALERT, DEAD_LETTER, NORMALIZED
+from mdstream.contracts import ALERT, CONSENSUS, DEAD_LETTER, NORMALIZED
 from mdstream.eos import process_exactly_once
 from mdstream.processor import handle_raw_message
 from mdstream.settings import settings
@@ -46,9 +48,13 @@ async def _handle(event: faust.EventT) -> None:
             partition=msg.partition,
         )
     for alert in out.alerts:
-        await alerts_topic.send(
-            key=alert["instrument"].encode(),
-            value=contracts.encode(ALERT, alert),
+        value = contracts.encode(ALERT, alert)
+        for topic in (alerts_topic, severity_alert_topics[alert["severity"]]):
+            await topic.send(key=alert["instrument"].encode(), value=value, partition=msg.partition)
+    for record in out.consensus_events:
+        await consensus_topic.send(
+            key=record["instrument"].encode(),
+            value=contracts.encode(CONSENSUS, record),
             partition=msg.partition,
         )
     for record in out.dead_letters:

@@ -28,6 +28,15 @@ class MdstreamApp(EosApp):
             ),
             settings.partitions,
         )
+        ensure_topics(
+            settings.bootstrap, settings.topics.alerts_by_severity().values(), settings.partitions
+        )
+        ensure_topics(
+            settings.bootstrap,
+            (settings.topics.consensus,),
+            settings.partitions,
+            {"cleanup.policy": "compact"},
+        )
         await super().on_first_start()
 
 
@@ -68,5 +77,9 @@ alerts_topic = _topic(settings.topics.alerts)
 dead_letter_topic = _topic(settings.topics.dead_letter)
 announcements_topic = _topic(settings.topics.announcements)
 corporate_actions_topic = _topic(settings.topics.corporate_actions)
+severity_alert_topics = {
+    sev: _topic(name) for sev, name in settings.topics.alerts_by_severity().items()
+}
+consensus_topic = _topic(settings.topics.consensus)
 
 contracts = ContractSet.load(contract_ids(settings))

@@ -62,14 +62,34 @@ class TickColumns:
         return len(self.ts)
 
 
+_NS = uuid.UUID("6f2b7c1e-3f0e-4c55-9f57-2b8e8d7f3a10")
+
+
+def stable_id(*parts: object) -> str:
+    """A UUID that is a function of its parts: the same fact always gets the same event id."""
+    return str(uuid.uuid5(_NS, "|".join(map(str, parts))))
+
+
 def tick_event_id(batch_id: str, index: int) -> str:
     """The RawMarketDataEvent id of tick `index` of a batch: stable, so lineage can name it."""
     return str(uuid.uuid5(uuid.UUID(batch_id), str(index)))
 
 
-def expand_batch(batch: Mapping[str, Any], ingested_ns: int | None = None) -> list[dict[str, Any]]:
-    """The batch as the spec's RawMarketDataEvent records, one per tick."""
+def expand_batch(
+    batch: Mapping[str, Any],
+    ingested_ns: int | None = None,
+    quality: Mapping[str, Sequence[Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The batch as the spec's RawMarketDataEvent records, one per tick.
+
+    `quality`: the pipeline's verdict on the batch (`StepOutput.tick_quality[batchId]`), which
+    fills each event's quality score and the quality flags its tick raised.
+    """
+    from mdstream.quality.checks import names  # the core's flag names; no cycle at import
+
     published = int(batch["timestamp"]) if ingested_ns is None else ingested_ns
+    scores = quality["scores"] if quality else [None] * len(batch["ticks"])
+    flags = quality["flags"] if quality else [0] * len(batch["ticks"])
     events = []
     for i, tick in enumerate(batch["ticks"]):
         events.append(
@@ -88,7 +108,8 @@ def expand_batch(batch: Mapping[str, Any], ingested_ns: int | None = None) -> li
                 "metadata": {
                     "provider_timestamp": tick["provider_timestamp"],
                     "ingestion_latency_ms": (published - tick["timestamp"]) / 1e6,
-                    "quality_score": None,
+                    "quality_score": scores[i],
+                    "quality_flags": names(flags[i]),
                 },
             }
         )

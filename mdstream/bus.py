@@ -14,11 +14,17 @@ from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
 from mdstream.simulate import FeedMessage
 
 
-def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    config: dict[str, str] | None = None,
+) -> None:
     """Create missing topics with `partitions` partitions; refuse existing ones that differ.
 
     Outputs are co-partitioned with the raw topic (same partition number as the input), so a
     mismatch in partition counts would break exactly-once: it is an error, not a warning.
+    `config`: topic configs for the ones created (e.g. cleanup.policy=compact).
     """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=30).topics
@@ -33,7 +39,10 @@ def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
     if not missing:
         return
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+        [
+            NewTopic(n, num_partitions=partitions, replication_factor=1, config=config or {})
+            for n in missing
+        ]
     )
     for fut in futures.values():
         try:

@@ -37,6 +37,8 @@ class Consensus:
     p75: float
     providers: int
     as_of: int  # event time, ns
+    # (provider, price, weight) of each voter, when the caller named them.
+    sources: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def spread(self) -> float:
@@ -50,18 +52,37 @@ class Consensus:
             "p75": self.p75,
             "providers": self.providers,
             "as_of": self.as_of,
+            "sources": [{"provider": n, "price": p, "weight": w} for n, p, w in self.sources],
         }
 
 
+def weighted_quantiles(
+    values: Sequence[float], weights: Sequence[float], qs: Sequence[float]
+) -> list[float]:
+    """`weighted_quantile` for several ascending q at once (one sort)."""
+    pairs = sorted(zip(values, weights, strict=True))
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        raise ValueError("weighted quantile of nothing")
+    out: list[float] = []
+    cum, i = 0.0, -1
+    for q in qs:
+        target = q * total * (1 - 1e-12)
+        while cum < target and i < len(pairs) - 1:
+            i += 1
+            cum += pairs[i][1]
+        out.append(float(pairs[max(i, 0)][0]))
+    return out
+
+
 def build_consensus(
-    prices: Sequence[float], weights: Sequence[float], as_of: int
+    prices: Sequence[float],
+    weights: Sequence[float],
+    as_of: int,
+    names: Sequence[str] | None = None,
 ) -> Consensus | None:
     if not len(prices):
         return None
-    return Consensus(
-        price=weighted_quantile(prices, weights, 0.5),
-        p25=weighted_quantile(prices, weights, 0.25),
-        p75=weighted_quantile(prices, weights, 0.75),
-        providers=len(prices),
-        as_of=as_of,
-    )
+    p25, median, p75 = weighted_quantiles(prices, weights, (0.25, 0.5, 0.75))
+    sources = tuple(zip(names, prices, weights, strict=True)) if names is not None else ()
+    return Consensus(median, p25, p75, len(prices), as_of, sources)

@@ -32,6 +32,7 @@ ALERT = "DataQualityAlertEvent"
 DEAD_LETTER = "DeadLetter"
 ANNOUNCEMENT = "CorporateActionAnnouncement"
 RAW_BARS = "RawBarBatch"
+CONSENSUS = "ConsensusPriceEvent"
 CONTRACTS = (
     RAW_BATCH,
     RAW_EVENT,
@@ -41,6 +42,7 @@ CONTRACTS = (
     DEAD_LETTER,
     ANNOUNCEMENT,
     RAW_BARS,
+    CONSENSUS,
 )
 
 

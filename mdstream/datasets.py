@@ -11,7 +11,7 @@ import io
 import math
 import zipfile
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "quandl_events",
     "read_lean_daily",
     "read_lean_factor_file",
+    "read_lean_trade_ticks",
     "read_quandl_archive",
     "read_yahoo_csv",
     "round_dividend",
@@ -259,3 +260,43 @@ def quandl_events(
                 )
             )
     return events
+
+
+def read_lean_trade_ticks(
+    path: Path, day: date, timezone: str = "America/New_York"
+) -> pl.DataFrame:
+    """Lean/AlgoSeek equity trade ticks of one day
+    (``ms_since_midnight,price*10000,size,exchange,sale_condition_hex,suspicious``).
+
+    Returns ``ts`` (Int64 epoch ns UTC; the file's times are exchange-local), ``price`` (Float64,
+    currency units), ``size``, ``exchange``, ``condition`` and ``suspicious`` (Boolean: the
+    vendor's own flag for a print it doubts).
+    """
+    from zoneinfo import ZoneInfo
+
+    raw = pl.read_csv(
+        io.BytesIO(_single_member_bytes(path)),
+        has_header=False,
+        new_columns=["ms", "price", "size", "exchange", "condition", "suspicious"],
+        schema_overrides={
+            "ms": pl.Int64,
+            "price": pl.Int64,
+            "size": pl.Int64,
+            "exchange": pl.String,
+            "condition": pl.String,
+            "suspicious": pl.Int64,
+        },
+    )
+    midnight = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(timezone))
+    base_ns = int(midnight.timestamp()) * 1_000_000_000
+    price = raw.get_column("price").to_numpy().astype(np.float64) / float(LEAN_PRICE_SCALE)
+    return pl.DataFrame(
+        [
+            (raw.get_column("ms") * 1_000_000 + base_ns).alias("ts"),
+            pl.Series("price", price),
+            raw.get_column("size"),
+            raw.get_column("exchange"),
+            raw.get_column("condition"),
+            (raw.get_column("suspicious") == 1).alias("suspicious"),
+        ]
+    )

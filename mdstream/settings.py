@@ -10,6 +10,8 @@ from pathlib import Path
 from mdstream.bars import BarConventions
 from mdstream.instruments import REFERENCE_FILE, InstrumentMaster, load_master
 from mdstream.processor import PipelineConfig
+from mdstream.quality.alerts import SEVERITIES, severity_topic
+from mdstream.quality.config import NON_REGULAR_CONDITIONS, QualityConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +27,15 @@ def _csv(value: str) -> tuple[str, ...]:
 def _instruments(value: str) -> InstrumentMaster | None:
     """`MDSTREAM_INSTRUMENTS`: the reference CSV the worker loads at start, or "none"."""
     return None if value.strip().lower() in ("", "none") else load_master(value)
+def _per_provider_ns(value: str) -> dict[str, int]:
+    """'alpaca=1000,finnhub=5000' (milliseconds) → {provider: ns}."""
+    out = {}
+    for item in _csv(value):
+        name, sep, ms = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected provider=milliseconds, got {item!r}")
+        out[name.strip()] = int(float(ms) * 1e6)
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Topics:
     dead_letter: str
     announcements: str = "md.corporate_actions.announcements"
     corporate_actions: str = "md.corporate_actions.applied"
+    consensus: str = "md.quality.consensus"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -46,6 +58,7 @@ class Topics:
             f"{prefix}md.deadletter",
             f"{prefix}md.corporate_actions.announcements",
             f"{prefix}md.corporate_actions.applied",
+            consensus=f"{prefix}md.quality.consensus",
         )
 
     def outputs(self) -> tuple[str, ...]:
@@ -54,6 +67,9 @@ class Topics:
     def corporate_action_topics(self) -> tuple[str, ...]:
         """Announcements in, CorporateActionAppliedEvent out (dead letters share the DLQ)."""
         return (self.announcements, self.corporate_actions)
+    def alerts_by_severity(self) -> dict[str, str]:
+        """Each alert also goes to its severity's topic (`alerts` stays the all-alerts stream)."""
+        return {sev: severity_topic(self.alerts, sev) for sev in SEVERITIES}
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,16 @@ class Settings:
                 ),
                 correction_retention_ns=int(float(_env("CORRECTION_RETENTION_MS", "30000")) * 1e6),
                 instruments=_instruments(_env("INSTRUMENTS", str(REFERENCE_FILE))),
+                expected_interval_ns=_per_provider_ns(_env("EXPECTED_INTERVAL_MS", "")),
+                default_expected_interval_ns=int(
+                    float(_env("DEFAULT_EXPECTED_INTERVAL_MS", "1000")) * 1e6
+                ),
+                quality=QualityConfig(
+                    model_path=os.environ.get("MDSTREAM_QUALITY_MODEL") or None,
+                    non_regular_conditions=frozenset(
+                        _csv(_env("NON_REGULAR_CONDITIONS", ",".join(NON_REGULAR_CONDITIONS)))
+                    ),
+                ),
             ),
             postgres_dsn=os.environ.get("MDSTREAM_POSTGRES_DSN") or None,
             postgres_schema=os.environ.get("MDSTREAM_POSTGRES_SCHEMA") or None,

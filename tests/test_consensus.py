@@ -73,6 +73,7 @@ def test_consensus_record_and_spread() -> None:
         "p75": 101.0,
         "providers": 4,
         "as_of": AS_OF,
+        "sources": [],
     }
 
 

@@ -130,7 +130,8 @@ def test_stale_provider_raises_once_and_clears_once_per_instrument_and_provider(
     assert raised["metrics"]["reference"] == 2.0
     assert raised["metrics"]["observed"] == pytest.approx((T + 7 * S - last_polygon) / S)
     assert cleared["timestamp"] == T + 100 * 100 * MS + 10 * MS  # polygon's first tick back
-    assert cleared["severity"] == "LOW"
+    # Cleared with the severity it was raised with: both ends reach the same severity topic.
+    assert cleared["severity"] == "HIGH"
     assert raised["eventId"] != cleared["eventId"]
     # A stale provider leaves the consensus while it is stale, and comes back with it.
     assert consensus_providers[T + 4 * S] == 2
@@ -229,19 +230,58 @@ def test_outlier_trade_alerts_and_is_excluded_from_bars() -> None:
     assert bar["ohlcv"]["vwap"] == pytest.approx(100.015, rel=1e-12)
 
 
-def test_outlier_severity_and_threshold() -> None:
+@pytest.mark.parametrize(
+    ("price", "expected"),
+    [
+        (103.0, ("MEDIUM", "from the reference 100")),
+        (97.0, ("MEDIUM", "from the reference 100")),
+        (109.0, ("MEDIUM", "from the reference 100")),
+        (111.0, ("HIGH", "from the reference 100")),  # beyond 5 × the 2 % threshold
+        # Within 2 % of the consensus, but 30 MADs from a feed that sat at 100.00: statistical.
+        (101.5, ("MEDIUM", "from its rolling median (10 MADs) 100")),
+        (100.3, None),  # 6 MADs (the MAD floor is 5 bp): in line
+        (100.0, None),
+    ],
+)
+def test_outlier_severity_and_threshold(price: float, expected: tuple[str, str] | None) -> None:
+    state: dict[str, Any] = {}
+    run(state, _three_providers_at(100.0))
+    t = T + 2 * S + 100 * MS
+    out = run(state, [batch("polygon", [(t, price, 1)])])
+    if expected is None:
+        assert out.alerts == []
+        assert state["AAPL"]["providers"]["polygon"]["price"] == price
+        return
+    (alert,) = out.alerts
+    assert (alert["alert_type"], alert["severity"]) == ("OUTLIER_DETECTED", expected[0])
+    assert alert["metrics"]["observed"] == price
+    assert state["AAPL"]["providers"]["polygon"]["price"] == 100.0  # excluded
+    assert expected[1] in alert["description"]
+    window = state["AAPL"]["windows"].get(f"1s|{T + 2 * S}", {})
+    assert "polygon" not in window  # not in any bar
+
+
+def test_outliers_raise_once_per_feed_and_clear_after_clean_trades() -> None:
     state: dict[str, Any] = {}
     run(state, _three_providers_at(100.0))
     t = T + 2 * S + 100 * MS
     prices = [103.0, 101.5, 97.0, 109.0, 111.0, 100.0]
     out = run(state, [batch("polygon", [(t + i * MS, p, 1) for i, p in enumerate(prices)])])
-    # 1.5 % is within the 2 % threshold; HIGH beyond 5 × the threshold (10 %).
-    assert [(a["metrics"]["observed"], a["severity"]) for a in out.alerts] == [
-        (103.0, "MEDIUM"),
-        (97.0, "MEDIUM"),
-        (109.0, "MEDIUM"),
-        (111.0, "HIGH"),
-    ]
+    (raised,) = out.alerts  # five outliers, one condition: no storm
+    assert (raised["status"], raised["metrics"]["observed"]) == ("RAISED", 103.0)
+    clear_after = CFG.quality.clear_after_clean
+    clean = [batch("polygon", [(t + S + k * MS, 100.0, 1)]) for k in range(clear_after)]
+    out = run(state, clean[:-2])
+    assert out.alerts == []  # one clean trade came with the outliers: one batch still to go
+    out = run(state, clean[-2:-1])
+    (cleared,) = out.alerts
+    assert (cleared["alert_type"], cleared["status"]) == ("OUTLIER_DETECTED", "CLEARED")
+    assert cleared["severity"] == raised["severity"]
+    assert cleared["source"] == "polygon"
+    # A new offence after clearing raises a new condition, with a new id.
+    out = run(state, [batch("polygon", [(t + 2 * S, 150.0, 1)])])
+    (again,) = [a for a in out.alerts if a["alert_type"] == "OUTLIER_DETECTED"]
+    assert again["status"] == "RAISED" and again["eventId"] != raised["eventId"]
 
 
 def test_lone_provider_is_checked_against_its_own_last_price() -> None:
@@ -306,7 +346,13 @@ def test_all_invalid_batch_changes_no_bar_and_no_clock() -> None:
     before = copy.deepcopy(state)
     out = run(state, [batch("alpaca", [(T + 9 * S, -1.0, 1), (T + 9 * S, 100.0, 0)])])
     assert len(out.dead_letters) == 2 and out.bars == []
-    assert state == before
+    assert state[clock_key(0)] == before[clock_key(0)]
+    assert state["AAPL"]["bars"] == before["AAPL"]["bars"]
+    # Only the provider's error count moved: rejected ticks count against its reliability.
+    rel, rel_before = (s["AAPL"]["providers"]["alpaca"]["rel"] for s in (state, before))
+    assert (rel["ticks"], rel["errors"]) == (rel_before["ticks"] + 2, rel_before["errors"] + 2)
+    (quality,) = out.tick_quality.values()
+    assert quality == {"scores": [0.0, 0.0], "flags": [0, 0]}
 
 
 def _message(record: dict[str, Any], offset: int = 0) -> RawMessage:

@@ -26,6 +26,9 @@ SIZE_NONPOS = "trade size not positive"
 QUOTE_MISSING = "quote side missing"
 QUOTE_NONPOS = "quote price not positive"
 CROSSED = "crossed quote (bid above ask)"
+PRICE_SENTINEL = "trade price is a sentinel value"
+SIZE_RANGE = "trade size out of range"
+QUOTE_SENTINEL = "quote price is a sentinel value"
 
 
 def trade(
@@ -103,6 +106,10 @@ def test_empty_batch() -> None:
         (trade(volume=None), SIZE_NAN),
         (trade(volume=float("inf")), SIZE_NAN),
         (quote(bid=100.2, ask=100.1), CROSSED),
+        (trade(price=999_999.99), PRICE_SENTINEL),
+        (trade(price=2_147_483_647.0), PRICE_SENTINEL),
+        (trade(volume=RULES.max_trade_size + 1), SIZE_RANGE),
+        (quote(bid=99.0, ask=999_999.0), QUOTE_SENTINEL),
         (quote(bid=None), QUOTE_MISSING),
         (quote(ask=None), QUOTE_MISSING),
         (quote(ask=float("nan")), QUOTE_MISSING),
@@ -183,16 +190,22 @@ def expected_reason(tick: Mapping[str, Any], published: int, max_future: int) ->
             return PRICE_NAN
         if price <= 0:
             return PRICE_NONPOS
+        if price in RULES.sentinels:
+            return PRICE_SENTINEL
         if not finite(volume):
             return SIZE_NAN
         if volume <= 0:
             return SIZE_NONPOS
+        if volume > RULES.max_trade_size:
+            return SIZE_RANGE
         return None
     bid, ask = tick["bid"], tick["ask"]
     if not (finite(bid) and finite(ask)):
         return QUOTE_MISSING
     if bid <= 0 or ask <= 0:
         return QUOTE_NONPOS
+    if bid in RULES.sentinels or ask in RULES.sentinels:
+        return QUOTE_SENTINEL
     if bid > ask:
         return CROSSED
     return None
@@ -201,7 +214,7 @@ def expected_reason(tick: Mapping[str, Any], published: int, max_future: int) ->
 _floats = st.one_of(
     st.none(),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([-1.0, 0.0, -0.0, 100.0, 100.01, 1e-300, 5e-324]),
+    st.sampled_from([-1.0, 0.0, -0.0, 100.0, 100.01, 1e-300, 5e-324, 999_999.0, 6e7]),
 )
 _timestamps = st.one_of(
     st.integers(min_value=-(2**62), max_value=2**62),

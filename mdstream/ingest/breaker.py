@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from redis.asyncio import Redis
 
-from mdstream.processor import _alert
+from mdstream.quality.alerts import ALL_SOURCES, alert, severity_topic
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,12 @@ def source_unavailable_alert(
     provider: str, status: str, outage: int, at_ns: int, description: str
 ) -> dict[str, Any]:
     """The alert record of one outage of a provider (instrument ``*``: the whole source)."""
-    return _alert(
+    return alert(
         "SOURCE_UNAVAILABLE",
-        "HIGH" if status == "RAISED" else "LOW",
+        "CRITICAL",  # both ends: the CRITICAL topic sees the outage open and close
         status,
         provider,
-        "*",
+        ALL_SOURCES,
         description,
         at_ns,
         f"outage-{outage}",
@@ -272,12 +272,20 @@ class KafkaAlertPublisher:
         self._producer = Producer(
             {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0}
         )
+        self._bootstrap = bootstrap
 
     async def __call__(self, record: dict[str, Any]) -> None:
+        from mdstream.bus import ensure_topics
         from mdstream.contracts import ALERT
 
         value = self.contracts.encode(ALERT, record)
-        self._producer.produce(self.topic, value=value, key=record["source"].encode())
+        # Like the pipeline's alerts: the all-alerts topic and the alert's severity topic.
+        by_severity = severity_topic(self.topic, record["severity"])
+        meta = await asyncio.to_thread(self._producer.list_topics, self.topic, 10)
+        partitions = len(meta.topics[self.topic].partitions)
+        await asyncio.to_thread(ensure_topics, self._bootstrap, [by_severity], partitions)
+        for topic in (self.topic, by_severity):
+            self._producer.produce(topic, value=value, key=record["source"].encode())
         remaining = await asyncio.to_thread(self._producer.flush, 10)
         if remaining:
             raise RuntimeError(f"alert not delivered to {self.topic}")
