@@ -48,6 +48,11 @@ TransactionManager classes and the app's TableManager). What each closes:
    dropped by offset) never is, so the rebalance hung until it timed out and the worker was
    expelled. → `GatedConsumer.wait_empty` takes the processing gate instead: agents ack under
    it, so holding it means no event is half-processed.
+11. **Transactional inputs.** With gap filling off (9), the offsets that transaction markers take
+   up in an input written transactionally (such as our own outputs) looked like skipped
+   messages: the partition was fetched again forever. → The client's thread notes which offsets
+   each fetch stepped over (`BrokerOffsetsConsumerThread`); a hole there is skipped and counted
+   done, any other hole is fetched again.
 """
 
 from __future__ import annotations
@@ -207,6 +212,59 @@ class EosTransactionManager(TransactionManager):
 
 
 class BrokerOffsetsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """The Kafka client's thread, which also sees each partition's fetch stream whole (gap 11).
+
+    A fetch returns every committed data record from the fetch position on, in order: offsets it
+    steps over hold no data (transaction markers, aborted records). faust may later drop fetched
+    records on its way to the agent, so only here, before that, can "no data" be told from
+    "skipped". Everything below runs on this thread, in order with fetches and seeks.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per partition: where the fetch stream stands (the offset after the last record it
+        #: returned, or where it was sought to); unknown after a rebalance.
+        self.fetch_floor: dict[tuple[str, int], int] = {}
+        #: Per partition and record offset: the first offset of the run before the record that
+        #: the fetch stream stepped over; only runs that are not empty are kept.
+        self.data_free: dict[tuple[str, int], dict[int, int]] = {}
+
+    async def _fetch_records(self, consumer: Any, *args: Any, **kwargs: Any) -> Any:
+        records = await super()._fetch_records(consumer, *args, **kwargs)
+        for tp, batch in records.items():
+            key = (tp.topic, tp.partition)
+            floor = self.fetch_floor.get(key)
+            for record in batch:
+                if floor is not None and record.offset > floor:
+                    self.data_free.setdefault(key, {})[record.offset] = floor
+                floor = record.offset + 1
+            if floor is not None:
+                self.fetch_floor[key] = floor
+        return records
+
+    def seek(self, partition: TP, offset: int) -> None:
+        self._ensure_consumer().seek(partition, offset)
+        self.fetch_floor[(partition.topic, partition.partition)] = offset
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(self._seek_to_committed)
+
+    async def _seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await self._ensure_consumer().seek_to_committed()
+        for tp, offset in committed.items():
+            if offset and offset > 0:  # aiokafka seeks only these; others start where it resets
+                self.fetch_floor[(tp.topic, tp.partition)] = offset
+        return committed
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.fetch_floor.clear()  # positions restart from the committed offsets
+        for tp in revoked:
+            self.data_free.pop((tp.topic, tp.partition), None)
+        await super().on_partitions_revoked(revoked)
+
+    async def position(self, tp: TP) -> int:
+        return await self.call_thread(self._ensure_consumer().position, tp)
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """Ask the broker for the last stable offsets (gap 7).
 
@@ -275,12 +333,21 @@ class GatedConsumer(faust_aiokafka.Consumer):
         return super().ack(message)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        """Never treat missing offsets as done (gap 9).
+        """Never take faust's word that missing offsets are done (gap 9).
 
-        faust fills offset gaps (meant for transaction markers) with acks. After a rewind the
-        fetcher can jump ahead of the committed offset, and those "gaps" are messages nobody
-        processed. Our input topics are not transactional: a gap is never legitimate.
+        faust fills offset gaps (meant for transaction markers) with acks, judged by what reached
+        the stream. After a rewind the fetcher can jump ahead of the committed offset, and those
+        "gaps" are messages nobody processed. `skip_no_data` adds the gaps that are real.
         """
+
+    def no_data_between(self, tp: TP, start: int, end: int) -> bool:
+        """Whether the fetch stream showed that offsets [start, end) hold no data (gap 11)."""
+        floor = self._thread.data_free.get((tp.topic, tp.partition), {}).get(end)
+        return floor is not None and floor <= start
+
+    async def skip_no_data(self, tp: TP, start: int, end: int) -> None:
+        """Count offsets [start, end), which hold no data, as done: commits may pass them."""
+        await super()._add_gap(tp, start, end - 1)
 
     async def refetch(self, tp: TP, offset: int) -> None:
         """Fetch `tp` again from `offset`: faust skipped messages we have not processed.
@@ -316,7 +383,7 @@ class GatedConsumer(faust_aiokafka.Consumer):
             if expected is None:
                 continue
             since = self._last_progress.setdefault(tp, now)
-            if end is None or end <= expected:
+            if end is None or end <= expected or await self._fetched_all(tp, expected, end):
                 self._last_progress[tp] = now
             elif now - since >= STALL_PATIENCE_S:
                 async with processing_gate(self.app):
@@ -332,6 +399,13 @@ class GatedConsumer(faust_aiokafka.Consumer):
                         await self.seek(tp, expected)
                 self._last_progress[tp] = time.monotonic()
 
+    async def _fetched_all(self, tp: TP, expected: int, end: int) -> bool:
+        """Whether every record before `end` reached us: what is left are transaction markers
+        (the last one of a transactional input stays uncommitted: lag shows it as 1)."""
+        if self._thread.fetch_floor.get((tp.topic, tp.partition)) != expected:
+            return False
+        return await self._thread.position(tp) >= end
+
     async def _seek(self, partition: TP, offset: int) -> None:
         """Seek on the consumer's own thread (gap 9).
 
@@ -339,9 +413,10 @@ class GatedConsumer(faust_aiokafka.Consumer):
         own thread: a fetch in flight can overwrite the new position, and the seek is lost.
         """
         thread = self._thread
-        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
+        await thread.call_thread(thread.seek, partition, offset)
 
     def processed(self, message: Message) -> None:
+        self._thread.data_free.get((message.topic, message.partition), {}).pop(message.offset, None)
         self.next_offsets[message.tp] = message.offset + 1
         self._refetching.pop(message.tp, None)
         self._last_progress[message.tp] = time.monotonic()
@@ -397,7 +472,8 @@ async def process_exactly_once(
     Each event is handled under the processing gate and acked before the gate opens, so commits
     fall between events. Nothing is handled during a rebalance. After it, each partition is
     handled strictly in offset order from its committed offset: what arrives a second time is
-    dropped, and a hole (a message faust skipped on its own) makes the partition fetch again
+    dropped. A hole is skipped when the fetch stream showed it holds no data (transaction
+    markers); otherwise faust skipped messages on its own, and the partition is fetched again
     from the first offset not yet handled.
     """
     consumer: GatedConsumer = app.consumer
@@ -413,8 +489,10 @@ async def process_exactly_once(
                 if expected is None or offset < expected:
                     break  # not ours any more, or handled already
                 if offset > expected:
-                    await consumer.refetch(tp, expected)
-                    break
+                    if not consumer.no_data_between(tp, expected, offset):
+                        await consumer.refetch(tp, expected)
+                        break
+                    await consumer.skip_no_data(tp, expected, offset)
                 await handle(event)
                 consumer.approve_ack(message)
                 event.ack()

@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from mdstream.bus import ensure_topics, publish
-from mdstream.contracts import ContractSet
+from mdstream.bus import committed_consumer, ensure_topics, publish
+from mdstream.contracts import RAW_BATCH, ContractSet
 from mdstream.settings import Settings, deployment_env
 from mdstream.simulate import FeedSpec, generate
 
@@ -69,22 +69,45 @@ class Deployment:
             if worker.alive():
                 worker.kill()
 
-    def committed_lag(self) -> int:
-        """Messages of the raw topic not yet covered by the group's committed offsets."""
+    def committed_lag(self, ends: dict[int, int] | None = None) -> int:
+        """Messages of the raw topic not yet covered by the group's committed offsets, counted
+        up to `ends` per partition (default: the end of the log)."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.app_id})
         try:
             tps = [TopicPartition(self.settings.topics.raw, p) for p in range(self.partitions)]
             lag = 0
             for tp in consumer.committed(tps, timeout=10):
-                _, high = consumer.get_watermark_offsets(tp, timeout=10)
-                lag += high - max(tp.offset, 0)
+                end = (ends or {}).get(tp.partition)
+                if end is None:
+                    _, end = consumer.get_watermark_offsets(tp, timeout=10)
+                lag += max(end - max(tp.offset, 0), 0)
             return lag
         finally:
             consumer.close()
 
+    def data_ends(self) -> dict[int, int]:
+        """Per raw partition, the offset after its last committed record: a transactional feed
+        ends with a commit marker, which no consumer ever gets to commit past."""
+        reader = committed_consumer(self.bootstrap)
+        topic = self.settings.topics.raw
+        try:
+            ends = {}
+            for p in range(self.partitions):
+                _, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                reader.assign([TopicPartition(topic, p, max(high - 500, 0))])
+                last = -1
+                while (msg := reader.poll(1.0)) is not None and not msg.error():
+                    last = msg.offset()
+                ends[p] = last + 1
+            return ends
+        finally:
+            reader.close()
+
     def wait_caught_up(self, timeout: float) -> None:
+        """Wait (the feed has ended) until every raw record is covered by committed offsets."""
         deadline = time.monotonic() + timeout
-        while (lag := self.committed_lag()) > 0:
+        ends = self.data_ends()
+        while (lag := self.committed_lag(ends)) > 0:
             if time.monotonic() > deadline:
                 self.dump_tasks()
                 raise TimeoutError(
@@ -143,6 +166,14 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
 
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until this start of the worker logs that it is ready; fails if it dies first."""
+        deadline = time.monotonic() + timeout
+        while "Worker]: Ready" not in self.log_text().rsplit("===== start", 1)[-1]:
+            assert self.alive(), f"{self.name} died:\n{self.log_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.log_text()[-3000:]}"
+            time.sleep(0.2)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -151,16 +182,34 @@ class Worker:
 
 
 class FeedThread(threading.Thread):
-    """Publishes the generated feed at `pace` × real time while the test does its worst."""
+    """Publishes the generated feed at `pace` × real time while the test does its worst.
 
-    def __init__(self, deployment: Deployment, feed: FeedSpec, pace: float) -> None:
+    With `transaction_size`, the feed is written in Kafka transactions of that many messages,
+    every `abort_every`-th of them aborted: the raw topic then has offsets with no data
+    (commit markers, aborted records), as any output of an exactly-once job does.
+    """
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        feed: FeedSpec,
+        pace: float,
+        *,
+        transaction_size: int = 0,
+        abort_every: int = 0,
+    ) -> None:
         super().__init__(daemon=True)
         self.deployment, self.feed, self.pace = deployment, feed, pace
+        self.transaction_size, self.abort_every = transaction_size, abort_every
         self.sent = 0
+        self.aborted = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
+            if self.transaction_size:
+                self._publish_in_transactions()
+                return
             self.sent = publish(
                 self.deployment.bootstrap,
                 self.deployment.settings.topics.raw,
@@ -170,3 +219,59 @@ class FeedThread(threading.Thread):
             )
         except BaseException as exc:
             self.error = exc
+
+    def _publish_in_transactions(self) -> None:
+        contracts, topic = ContractSet.load(), self.deployment.settings.topics.raw
+
+        def new_producer() -> Producer:
+            producer = Producer(
+                {
+                    "bootstrap.servers": self.deployment.bootstrap,
+                    "transactional.id": f"{self.deployment.app_id}-feed",
+                    "linger.ms": 2,
+                }
+            )
+            producer.init_transactions(30)  # fences a failed predecessor, aborting its work
+            return producer
+
+        producer = new_producer()
+        start_wall, start_feed, n_txn, in_txn = time.monotonic(), None, 0, 0
+        for msg in generate(self.feed):
+            start_feed = msg.publish_ns if start_feed is None else start_feed
+            delay = (msg.publish_ns - start_feed) / 1e9 / self.pace - (
+                time.monotonic() - start_wall
+            )
+            if delay > 0:
+                time.sleep(delay)
+            value = (
+                contracts.encode(RAW_BATCH, msg.value) if isinstance(msg.value, dict) else msg.value
+            )
+            try:
+                if in_txn == 0:
+                    producer.begin_transaction()
+                in_txn += 1
+                producer.produce(topic, value=value, key=msg.key)
+                producer.poll(0)
+                if in_txn == self.transaction_size:
+                    n_txn += 1
+                    if self.abort_every and n_txn % self.abort_every == 0:
+                        producer.flush(30)  # aborting with sends in flight fails now and then
+                        producer.abort_transaction(30)
+                        self.aborted += in_txn
+                    else:
+                        producer.commit_transaction(30)
+                        self.sent += in_txn
+                    in_txn = 0
+            except KafkaException as exc:
+                # Seen on a loaded machine: the transaction fails. Its messages are lost to the
+                # feed (read_committed never shows them), as with any failed producer.
+                print(f"feed: transaction failed, aborting it: {exc}", file=sys.stderr)
+                self.aborted += in_txn
+                in_txn = 0
+                if exc.args[0].txn_requires_abort():
+                    producer.abort_transaction(30)
+                else:
+                    producer = new_producer()
+        if in_txn:
+            producer.commit_transaction(30)
+            self.sent += in_txn
