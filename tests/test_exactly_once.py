@@ -52,9 +52,14 @@ def _changelog_state(dep: Deployment, table: str) -> dict[str, Any]:
     return latest
 
 
+def _window(bar: dict[str, Any]) -> tuple:
+    """A bar's identity: a late trade re-issues its window's bar under the next revision."""
+    return (bar["instrument"]["symbol"], bar["interval"], bar["window_start"], bar["revision"])
+
+
 def _assert_same_bars(streamed: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     def by_window(bars: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-        return {(b["instrument"]["symbol"], b["interval"], b["window_start"]): b for b in bars}
+        return {_window(b): b for b in bars}
 
     got, want = by_window(streamed), by_window(expected)
     diffs = [
@@ -90,9 +95,7 @@ def _verify(dep: Deployment) -> dict[str, int]:
         by_contract[name].append(value)
 
     bars = by_contract[NORMALIZED]
-    windows = collections.Counter(
-        (b["instrument"]["symbol"], b["interval"], b["window_start"]) for b in bars
-    )
+    windows = collections.Counter(map(_window, bars))
     twice = [w for w, n in windows.items() if n > 1]
     assert not twice, f"{len(twice)} bar windows emitted more than once, e.g. {twice[:3]}"
     _assert_same_bars(bars, expected.bars)
@@ -100,6 +103,14 @@ def _verify(dep: Deployment) -> dict[str, int]:
     alerts = by_contract[ALERT]
     assert len({a["eventId"] for a in alerts}) == len(alerts), "an alert was emitted twice"
     assert sorted(map(_strip, alerts)) == sorted(map(_strip, expected.alerts))
+    by_severity = read_all(dep.bootstrap, topics.alerts_by_severity().values(), idle_s=2)
+    routed = [CONTRACTS.decode(r.value)[1] for r in by_severity]
+    assert sorted(map(_strip, routed)) == sorted(map(_strip, alerts)), "severity topics differ"
+    for rec, alert in zip(by_severity, routed, strict=True):
+        assert rec.topic.endswith("." + alert["severity"].lower()), (rec.topic, alert)
+
+    published = [CONTRACTS.decode(r.value)[1] for r in read_all(dep.bootstrap, [topics.consensus])]
+    assert sorted(map(_strip, published)) == sorted(map(_strip, expected.consensus_events))
 
     dead = by_contract[DEAD_LETTER]
     assert sorted(map(_strip, dead)) == sorted(map(_strip, expected.dead_letters))
