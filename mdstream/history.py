@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Literal
 
 import asyncpg
 import polars as pl
 
 from mdstream.corporate_actions import AdjustmentMode, adjust
+from mdstream.instruments import UnknownInstrument
+from mdstream.settings import settings
 from mdstream.storage.bars import read_bars
 from mdstream.storage.corporate_actions import read_factor_table
 from mdstream.storage.postgres import create_pool
 
-__all__ = ["ADJUSTMENTS", "bars", "bars_async"]
+__all__ = ["ADJUSTMENTS", "bars", "bars_async", "instrument_keys"]
 
 Adjustment = Literal["raw", "split", "adjusted", "total_return"]
 
@@ -51,11 +53,27 @@ async def bars_async(
     if adjustment not in ADJUSTMENTS:
         raise ValueError(f"adjustment must be one of {sorted(ADJUSTMENTS)}, got {adjustment!r}")
     mode = ADJUSTMENTS[adjustment]
-    raw = await read_bars(conn, symbol, freq, start, end, exchange_tz=exchange_tz)
+    keys = instrument_keys(symbol, end)
+    raw = await read_bars(conn, keys, freq, start, end, exchange_tz=exchange_tz)
     if mode is AdjustmentMode.RAW:
         return raw
-    factors = await read_factor_table(conn, symbol)
+    factors = await read_factor_table(conn, keys)
     return adjust(raw, factors, mode, as_of=as_of)
+
+
+def instrument_keys(symbol: str, at: date | datetime) -> list[str]:
+    """The keys `symbol`'s rows may be stored under: the instrument master's canonical id for
+    the symbol at `at` (what the pipeline writes, stable across renames), and the symbol itself
+    (rows written without a master, or of instruments it does not know)."""
+    master = settings.pipeline.instruments
+    if master is None:
+        return [symbol]
+    moment = at if isinstance(at, datetime) else datetime.combine(at, time(12), UTC)
+    try:
+        known = master.resolve(symbol, int(moment.timestamp() * 1e9))
+    except UnknownInstrument:
+        return [symbol]
+    return [known.instrument_id, symbol]
 
 
 def bars(

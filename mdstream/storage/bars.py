@@ -259,20 +259,21 @@ _READ_SCHEMA = {
 
 async def read_bars(
     conn: asyncpg.Connection,
-    instrument: str,
+    instrument: str | Sequence[str],
     freq: str,
     start: date | datetime,
     end: date | datetime,
     *,
     exchange_tz: str = "America/New_York",
 ) -> pl.DataFrame:
-    """Raw stored bars, oldest first, with ``date`` = the exchange-local session date."""
+    """Raw stored bars, oldest first, with ``date`` = the exchange-local session date.
+    ``instrument``: the key the bars are stored under, or several (any of them matches)."""
     lo, hi = _bounds(start, end, exchange_tz)
     rows = await conn.fetch(
         f"SELECT {', '.join(_READ_SCHEMA)} FROM {_table(freq)} "
-        "WHERE instrument = $1 AND window_start >= $2 AND window_start < $3 "
+        "WHERE instrument = ANY($1::text[]) AND window_start >= $2 AND window_start < $3 "
         "ORDER BY window_start",
-        instrument,
+        [instrument] if isinstance(instrument, str) else list(instrument),
         lo,
         hi,
     )

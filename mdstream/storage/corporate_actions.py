@@ -273,13 +273,16 @@ async def record_announcements(
     ]
 
 
-async def read_factor_table(conn: asyncpg.Connection, instrument_id: str) -> pl.DataFrame:
-    """Every factor row of one instrument (:data:`FACTOR_TABLE_SCHEMA`); point-in-time filtering
-    by ``known_at`` is the core's (``adjust(..., as_of=...)``), so it has one definition."""
+async def read_factor_table(
+    conn: asyncpg.Connection, instrument_id: str | Sequence[str]
+) -> pl.DataFrame:
+    """Every factor row of one instrument (:data:`FACTOR_TABLE_SCHEMA`), stored under any of the
+    given keys; point-in-time filtering by ``known_at`` is the core's
+    (``adjust(..., as_of=...)``), so it has one definition."""
     rows = await conn.fetch(
         f"SELECT {', '.join(FACTOR_TABLE_SCHEMA)} FROM adjustment_factors "
-        "WHERE instrument_id = $1 ORDER BY ex_date, audit_key",
-        instrument_id,
+        "WHERE instrument_id = ANY($1::text[]) ORDER BY ex_date, audit_key",
+        [instrument_id] if isinstance(instrument_id, str) else list(instrument_id),
     )
     return pl.DataFrame([tuple(r) for r in rows], schema=FACTOR_TABLE_SCHEMA, orient="row")
 
