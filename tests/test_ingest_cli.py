@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from emulators.alpaca import AlpacaEmulator
 from mdstream.bus import read_all
@@ -77,3 +79,52 @@ async def test_ingest_command_streams_an_emulator_into_the_raw_topic(
             ticks[(batch["instrument"]["symbol"], t["kind"], t["timestamp"])] += 1
     assert len(emu.sent) == 120
     assert ticks == Counter((t.symbol, t.kind, t.ts_ns) for t in emu.sent)
+
+
+@pytest.mark.services
+@pytest.mark.timeout(120)
+async def test_ingest_command_opens_the_redis_breaker_and_raises_source_unavailable(
+    services: Endpoints,
+) -> None:
+    """A provider that refuses every connection: after the breaker's threshold of failures it
+    opens (in Redis, for every process) and one CRITICAL SOURCE_UNAVAILABLE reaches the alerts
+    topic and its severity topic."""
+    prefix = f"test-ingest-breaker-{uuid.uuid4().hex[:8]}."
+    env = {
+        **os.environ,
+        "MDSTREAM_TOPIC_PREFIX": prefix,
+        "MDSTREAM_APP_ID": prefix,
+        "MDSTREAM_ALPACA_API_KEY": "k",
+        "MDSTREAM_ALPACA_API_SECRET": "s",
+    }
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"ws://127.0.0.1:{s.getsockname()[1]}/v2/iex"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mdstream.cli", "ingest", "--provider", "alpaca",
+        "--symbols", "AAPL", "--url", dead_url, "--seconds", "15",
+        "--redis-url", services.redis_url,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    topics = Topics.with_prefix(prefix)
+    contracts = ContractSet.load()
+    alerts = [
+        (rec.topic, contracts.decode(rec.value)[1])
+        for rec in read_all(
+            services.kafka_bootstrap, [topics.alerts, topics.alerts + ".critical"], idle_s=1.0
+        )
+    ]
+    raised = [(t, a) for t, a in alerts if a["alert_type"] == "SOURCE_UNAVAILABLE"]
+    assert {t for t, _ in raised} == {topics.alerts, topics.alerts + ".critical"}, alerts
+    assert {(a["source"], a["status"], a["severity"]) for _, a in raised} == {
+        ("alpaca", "RAISED", "CRITICAL")
+    }
+    redis = Redis.from_url(services.redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}:breaker:alpaca*")]
+        assert keys, "the breaker keeps its state in Redis"
+    finally:
+        await redis.delete(*keys)
+        await redis.aclose()

@@ -2,7 +2,8 @@
 
 Credentials come from the environment (`MDSTREAM_FINNHUB_API_KEY`, `MDSTREAM_ALPACA_API_KEY` +
 `MDSTREAM_ALPACA_API_SECRET`, `MDSTREAM_POLYGON_API_KEY`) or from files named by the same
-variables with `_FILE` appended.
+variables with `_FILE` appended. With `MDSTREAM_REDIS_URL` (or `--redis-url`) set, connections
+go through the provider's circuit breaker in Redis, which raises SOURCE_UNAVAILABLE when it opens.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
 from prometheus_client import start_http_server
+from redis.asyncio import Redis
 
 from mdstream.bus import ensure_topics
 from mdstream.contracts import ContractSet
 from mdstream.ingest.alpaca import AlpacaFeed
 from mdstream.ingest.batcher import BatchPolicy, RawBatcher
+from mdstream.ingest.breaker import KafkaAlertPublisher, RedisBreaker
 from mdstream.ingest.connection import FatalFeedError, FeedProtocol, WebSocketFeed
 from mdstream.ingest.credentials import MissingCredential
 from mdstream.ingest.finnhub import FinnhubFeed
@@ -40,6 +44,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-ticks", type=int, default=500, help="ticks per raw batch at most")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="batch delay bound")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("MDSTREAM_REDIS_URL"),
+        help="circuit breaker state in this Redis (default: MDSTREAM_REDIS_URL; none: no breaker)",
+    )
     p.set_defaults(func=run)
 
 
@@ -55,7 +64,9 @@ async def ingest(args: argparse.Namespace, settings: Settings) -> tuple[WebSocke
     protocol = build_protocol(args.provider, args.url)
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     topics = settings.topics
-    ensure_topics(settings.bootstrap, [topics.raw, topics.dead_letter], settings.partitions)
+    ensure_topics(
+        settings.bootstrap, [topics.raw, topics.dead_letter, topics.alerts], settings.partitions
+    )
     batcher = RawBatcher(
         settings.bootstrap,
         topics.raw,
@@ -63,7 +74,15 @@ async def ingest(args: argparse.Namespace, settings: Settings) -> tuple[WebSocke
         ContractSet.load(),
         BatchPolicy(args.max_ticks, args.max_delay_ms / 1000),
     )
-    feed = WebSocketFeed(protocol, batcher)
+    breaker, redis = None, None
+    if args.redis_url:
+        redis = Redis.from_url(args.redis_url)
+        alerts = KafkaAlertPublisher(settings.bootstrap, topics.alerts)
+        # One breaker per provider per deployment: every ingest process of it shares the state.
+        breaker = RedisBreaker(
+            redis, args.provider, publish_alert=alerts, prefix=f"{settings.app_id}:"
+        )
+    feed = WebSocketFeed(protocol, batcher, breaker=breaker)
     await feed.subscribe(symbols)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,6 +96,8 @@ async def ingest(args: argparse.Namespace, settings: Settings) -> tuple[WebSocke
         await task
     finally:
         await batcher.close()
+        if redis is not None:
+            await redis.aclose()
     return feed, batcher
 
 
