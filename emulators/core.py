@@ -65,7 +65,8 @@ class TickScript:
     def next(self, symbol: str, ts_ns: int) -> SentTick:
         self.issued += 1
         mid = self._prices.get(symbol) or round(self._rng.uniform(50, 500), 2)
-        mid = max(1.0, round(mid * (1 + self._rng.gauss(0, 0.0005)), 2))
+        # 1 bp per tick: already many times a liquid stock's per-trade volatility.
+        mid = max(1.0, round(mid * (1 + self._rng.gauss(0, 0.0001)), 2))
         self._prices[symbol] = mid
         if self._rng.random() < self.quote_share:
             half = self._rng.choice((0.01, 0.02, 0.03))
