@@ -109,3 +109,22 @@ async def test_sink_writes_committed_bars_once_and_keeps_its_offsets_in_postgres
     assert again.stats.polled == 8 and again.stats.skipped == 8 and again.stats.changed == 0
     assert await _bars(pool) == stored  # same values, same written_at
     assert await pool.fetchval("SELECT count(*) FROM sink_dead_letters") == 2
+
+
+async def test_one_poll_with_bars_of_several_frequencies_stores_each_in_its_table(
+    pg,  # noqa: F811
+    services: Endpoints,
+) -> None:
+    """As the pipeline emits them: 1 s and 1 min bars interleaved in one transaction, so one
+    sink batch (one database transaction) writes two tables."""
+    pool, _ = pg
+    topic, group = f"t{uuid.uuid4().hex[:10]}.md.normalized.bars", f"sink-{uuid.uuid4().hex[:8]}"
+    ensure_topics(services.kafka_bootstrap, [topic], 1)
+    second = _event("X", T0, 100.0)
+    second.update(interval="1s", window_end=second["window_start"] + 10**9)
+    messages = [CONTRACTS.encode(NORMALIZED, second), _bar("X", 0, 100.5), _bar("X", 1, 101.0)]
+    _publish_transaction(services.kafka_bootstrap, topic, messages, commit=True)
+    sink = await _sink_run(services, topic, pool, group)
+    assert sink.stats.changed == 3
+    assert await pool.fetchval("SELECT count(*) FROM bars_1s") == 1
+    assert await pool.fetchval("SELECT count(*) FROM bars_1m") == 2

@@ -207,15 +207,20 @@ async def write_bars(conn: asyncpg.Connection, freq: str, rows: Sequence[tuple[A
     async with conn.transaction():
         if await is_partitioned(conn, freq):
             await ensure_partitions(conn, freq, {r[1] for r in rows})
+        # One staging table per frequency: an outer transaction (the sink's) may write several,
+        # and ON COMMIT DROP waits for the outer commit.
+        staging = f"staging_{table}"
         await conn.execute(
-            f"CREATE TEMP TABLE bars_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) "
+            "ON COMMIT DROP"
         )
-        await conn.copy_records_to_table("bars_staging", records=rows, columns=BAR_COLUMNS)
+        await conn.execute(f"TRUNCATE {staging}")
+        await conn.copy_records_to_table(staging, records=rows, columns=BAR_COLUMNS)
         columns = ", ".join(BAR_COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in BAR_COLUMNS[2:])
         status = await conn.execute(
             f"INSERT INTO {table} ({columns}) "
-            f"SELECT {columns} FROM bars_staging "
+            f"SELECT {columns} FROM {staging} "
             f"ON CONFLICT (instrument, window_start) DO UPDATE SET {updates}, "
             f"written_at = clock_timestamp() WHERE {table}.revision < EXCLUDED.revision"
         )
