@@ -1,14 +1,16 @@
 """`mdstream demo` and `mdstream simulate`: the generated feed through a real worker, shown live.
 
-The demo starts Kafka (project-managed), one `faust worker`, publishes the generated multi-provider
-feed in real time and prints what a downstream consumer sees with `read_committed`: bars, quality
-alerts and dead letters, then the consensus table through the worker's web view. It stops the
-worker cleanly after a bounded time.
+The demo starts Kafka and PostgreSQL (project-managed), one `faust worker` and the bar store,
+publishes the generated multi-provider feed in real time and prints what a downstream consumer sees
+with `read_committed`: bars, quality alerts and dead letters, then the consensus table through the
+worker's web view and the stored minute bars read back with `mdstream.history.bars`. It stops
+everything cleanly after a bounded time.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import os
@@ -18,9 +20,11 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from confluent_kafka import KafkaException
 
 from mdstream.bus import committed_consumer, ensure_topics, publish
@@ -70,7 +74,7 @@ def _wait_ready(proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
 def run_demo(seconds: float, show_1s: set[str]) -> int:
     from mdstream.services import ensure_up
 
-    endpoints = ensure_up(only=["kafka"])
+    endpoints = ensure_up(only=["kafka", "postgres"])
     run_id = time.strftime("demo%Y%m%d%H%M%S")
     run_dir = REPO_ROOT / ".run" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +108,10 @@ def run_demo(seconds: float, show_1s: set[str]) -> int:
             daemon=True,
         )
         publisher.start()
+        store = BarStoreThread(
+            endpoints.kafka_bootstrap, topics.normalized, endpoints.postgres_dsn, run_id
+        )
+        store.start()
         consumer = committed_consumer(endpoints.kafka_bootstrap)
         consumer.subscribe(list(topics.outputs()))
         deadline = time.monotonic() + seconds + 8  # the feed, then grace + commit to drain
@@ -121,6 +129,8 @@ def run_demo(seconds: float, show_1s: set[str]) -> int:
             stop.set()
             consumer.close()
         _print_consensus(settings)
+        store.finish()
+        _print_history(endpoints.postgres_dsn, run_id, feed.start_ns)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -149,6 +159,57 @@ def _print_consensus(settings: Settings) -> None:
             f"  {symbol:<5} {c['price']:>9.2f}  [p25 {c['p25']:.2f}, p75 {c['p75']:.2f}] "
             f"from {c['providers']} providers"
         )
+
+
+class BarStoreThread(threading.Thread):
+    """`mdstream store-bars` in a thread: the worker's bars into this run's PostgreSQL schema."""
+
+    def __init__(self, bootstrap: str, topic: str, dsn: str, run_id: str) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.dsn, self.run_id = bootstrap, topic, dsn, run_id
+        self.stop = threading.Event()
+        self.stored = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self.error = exc
+
+    async def _run(self) -> None:
+        from mdstream.storage.bar_sink import BarSink
+        from mdstream.storage.postgres import create_pool
+
+        pool = await create_pool(self.dsn, schema=self.run_id)
+        sink = BarSink(self.bootstrap, self.topic, pool, group=f"{self.run_id}-bar-store")
+        try:
+            await sink.run(self.stop.is_set)
+        finally:
+            sink.close()
+            await pool.close()
+        self.stored = sink.stats.changed
+
+    def finish(self) -> None:
+        time.sleep(2)  # the last committed bars
+        self.stop.set()
+        self.join(30)
+        if self.error is not None:
+            raise self.error
+        print(f"\nbar store: {self.stored} bars written to PostgreSQL (schema {self.run_id})")
+
+
+def _print_history(dsn: str, schema: str, start_ns: int) -> None:
+    from mdstream import history
+
+    start = datetime.fromtimestamp(start_ns / 1e9 - 60, UTC)
+    end = datetime.now(UTC)
+    columns = ("window_start", "open", "high", "low", "close", "volume", "vwap", "trade_count")
+    for freq, rows in (("1m", 5), ("1s", 8)):
+        frame = history.bars("AAPL", start, end, freq, dsn=dsn, schema=schema)
+        print(f"AAPL {freq} bars from mdstream.history.bars (last {rows} of {len(frame)}):")
+        with pl.Config(tbl_rows=rows, tbl_cols=10, tbl_width_chars=120):
+            print(frame.select(columns).tail(rows))
 
 
 def run_simulate(args: argparse.Namespace) -> int:
