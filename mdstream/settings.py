@@ -27,6 +27,8 @@ def _csv(value: str) -> tuple[str, ...]:
 def _instruments(value: str) -> InstrumentMaster | None:
     """`MDSTREAM_INSTRUMENTS`: the reference CSV the worker loads at start, or "none"."""
     return None if value.strip().lower() in ("", "none") else load_master(value)
+
+
 def _per_provider_ns(value: str) -> dict[str, int]:
     """'alpaca=1000,finnhub=5000' (milliseconds) → {provider: ns}."""
     out = {}
@@ -67,6 +69,7 @@ class Topics:
     def corporate_action_topics(self) -> tuple[str, ...]:
         """Announcements in, CorporateActionAppliedEvent out (dead letters share the DLQ)."""
         return (self.announcements, self.corporate_actions)
+
     def alerts_by_severity(self) -> dict[str, str]:
         """Each alert also goes to its severity's topic (`alerts` stays the all-alerts stream)."""
         return {sev: severity_topic(self.alerts, sev) for sev in SEVERITIES}
