@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.contracts import ALERT, RAW_BATCH, ContractSet, DecodeError
+from mdstream.quality.alerts import severity_topic
 from mdstream.simulate import FeedMessage
 
 
@@ -167,3 +169,28 @@ def decode_records(
         except DecodeError:
             continue
         yield rec, name, value
+
+
+class KafkaAlertPublisher:
+    """Publishes alert records (DataQualityAlertEvent) to the alerts topic, keyed by source."""
+
+    def __init__(self, bootstrap: str, topic: str, contracts: Any | None = None) -> None:
+        self.topic = topic
+        self.contracts = contracts or ContractSet.load()
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0}
+        )
+        self._bootstrap = bootstrap
+
+    async def __call__(self, record: dict[str, Any]) -> None:
+        value = self.contracts.encode(ALERT, record)
+        # Like the pipeline's alerts: the all-alerts topic and the alert's severity topic.
+        by_severity = severity_topic(self.topic, record["severity"])
+        meta = await asyncio.to_thread(self._producer.list_topics, self.topic, 10)
+        partitions = len(meta.topics[self.topic].partitions)
+        await asyncio.to_thread(ensure_topics, self._bootstrap, [by_severity], partitions)
+        for topic in (self.topic, by_severity):
+            self._producer.produce(topic, value=value, key=record["source"].encode())
+        remaining = await asyncio.to_thread(self._producer.flush, 10)
+        if remaining:
+            raise RuntimeError(f"alert not delivered to {self.topic}")

@@ -10,12 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from mdstream.bus import decode_records, ensure_topics, read_all
+from mdstream.bus import KafkaAlertPublisher, decode_records, ensure_topics, read_all
 from mdstream.contracts import ALERT, ContractSet
 from mdstream.ingest.breaker import (
     BreakerConfig,
     BreakerState,
-    KafkaAlertPublisher,
     RedisBreaker,
 )
 

@@ -21,7 +21,6 @@ The state is exported as the gauge ``mdstream_breaker_state{provider}`` (0 close
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
@@ -32,7 +31,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from redis.asyncio import Redis
 
-from mdstream.quality.alerts import ALL_SOURCES, alert, severity_topic
+from mdstream.quality.alerts import ALL_SOURCES, alert
 
 log = logging.getLogger(__name__)
 
@@ -257,35 +256,3 @@ class RedisBreaker:
     async def reset(self) -> None:
         """Force closed (an operator's override); publishes nothing."""
         await self._run("reset")
-
-
-class KafkaAlertPublisher:
-    """Publishes alert records (DataQualityAlertEvent) to the alerts topic, keyed by source."""
-
-    def __init__(self, bootstrap: str, topic: str, contracts: Any | None = None) -> None:
-        from confluent_kafka import Producer
-
-        from mdstream.contracts import ContractSet
-
-        self.topic = topic
-        self.contracts = contracts or ContractSet.load()
-        self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0}
-        )
-        self._bootstrap = bootstrap
-
-    async def __call__(self, record: dict[str, Any]) -> None:
-        from mdstream.bus import ensure_topics
-        from mdstream.contracts import ALERT
-
-        value = self.contracts.encode(ALERT, record)
-        # Like the pipeline's alerts: the all-alerts topic and the alert's severity topic.
-        by_severity = severity_topic(self.topic, record["severity"])
-        meta = await asyncio.to_thread(self._producer.list_topics, self.topic, 10)
-        partitions = len(meta.topics[self.topic].partitions)
-        await asyncio.to_thread(ensure_topics, self._bootstrap, [by_severity], partitions)
-        for topic in (self.topic, by_severity):
-            self._producer.produce(topic, value=value, key=record["source"].encode())
-        remaining = await asyncio.to_thread(self._producer.flush, 10)
-        if remaining:
-            raise RuntimeError(f"alert not delivered to {self.topic}")

@@ -20,11 +20,11 @@ from typing import Any
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
-from mdstream.bus import ensure_topics
+from mdstream.bus import KafkaAlertPublisher, ensure_topics
 from mdstream.contracts import ContractSet
 from mdstream.ingest.alpaca import AlpacaFeed
 from mdstream.ingest.batcher import BatchPolicy, RawBatcher
-from mdstream.ingest.breaker import KafkaAlertPublisher, RedisBreaker
+from mdstream.ingest.breaker import RedisBreaker
 from mdstream.ingest.connection import FatalFeedError, FeedProtocol, WebSocketFeed
 from mdstream.ingest.credentials import MissingCredential
 from mdstream.ingest.finnhub import FinnhubFeed
