@@ -14,6 +14,7 @@ _COMMAND_MODULES = [
     "mdstream.ingest.cli",
     "mdstream.storage.instruments",
     "mdstream.backfill",
+    "mdstream.split_scan",
     "mdstream.quality.cli",
 ]
 
