@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
@@ -15,6 +14,7 @@ import aiohttp
 from mdstream.ingest import metrics
 from mdstream.ingest.credentials import redact_text
 from mdstream.ingest.protocols import Limiter
+from mdstream.ingest.ratelimit import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,6 @@ class RestError(RuntimeError):
 
 class RestAuthError(RestError):
     """The provider refused the credentials: retrying cannot help."""
-
-
-def retry_after_seconds(value: str | None, default: float) -> float:
-    """A Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    return max(0.0, when.timestamp() - time.time())
 
 
 async def get(
@@ -75,7 +60,8 @@ async def get(
             return body
         text = redact_text(body[:300].decode(errors="replace"), secrets)
         if status == 429:
-            wait = retry_after_seconds(retry_after, default_retry_s)
+            parsed = parse_retry_after(retry_after)
+            wait = default_retry_s if parsed is None else parsed
             metrics.RATE_LIMITED.labels(provider, endpoint).inc()
             limiter.retry_after(endpoint, wait)
             not_before = time.monotonic() + wait
