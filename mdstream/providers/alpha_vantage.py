@@ -25,8 +25,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mdstream.batch import TRADE
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
+from mdstream.providers.fields import trade as trade_tick
 
 PROVIDER = "alpha_vantage"
 INTRADAY_INTERVALS = {"1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m", "60min": "1h"}
@@ -118,17 +118,13 @@ def _parse_quote(
         ProviderTick(
             provider,
             quoted,
-            {
-                "kind": TRADE,
-                "timestamp": received_ns,
-                "provider_timestamp": received_ns,
-                "price": price,
-                "volume": volume,
-                "bid": None,
-                "ask": None,
-                "sequence": None,
-                "conditions": f"latest trading day {quote.get('07. latest trading day')}",
-            },
+            trade_tick(
+                received_ns,
+                price,
+                volume,
+                provider_ts_ns=received_ns,
+                conditions_=f"latest trading day {quote.get('07. latest trading day')}",
+            ),
         )
     )
 

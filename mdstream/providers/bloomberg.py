@@ -25,8 +25,9 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mdstream.batch import QUOTE, TRADE
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
+from mdstream.providers.fields import quote as quote_tick
+from mdstream.providers.fields import trade as trade_tick
 
 PROVIDER = "bloomberg"
 
@@ -83,17 +84,13 @@ def market_data(
             ProviderTick(
                 provider,
                 symbol,
-                {
-                    "kind": TRADE,
-                    "timestamp": at,
-                    "provider_timestamp": received_ns,
-                    "price": price,
-                    "volume": _num(data.get("SIZE_LAST_TRADE")),
-                    "bid": None,
-                    "ask": None,
-                    "sequence": None,
-                    "conditions": data.get("EVT_TRADE_CONDITION_CODE_RT"),
-                },
+                trade_tick(
+                    at,
+                    price,
+                    _num(data.get("SIZE_LAST_TRADE")),
+                    provider_ts_ns=received_ns,
+                    conditions_=data.get("EVT_TRADE_CONDITION_CODE_RT"),
+                ),
             )
         )
     elif event == "QUOTE":
@@ -109,17 +106,12 @@ def market_data(
             ProviderTick(
                 provider,
                 symbol,
-                {
-                    "kind": QUOTE,
-                    "timestamp": at,
-                    "provider_timestamp": received_ns,
-                    "price": None,
-                    "volume": None,
-                    "bid": bid,
-                    "ask": ask,
-                    "sequence": None,
-                    "conditions": None,
-                },
+                quote_tick(
+                    at,
+                    bid,
+                    ask,
+                    provider_ts_ns=received_ns,
+                ),
             )
         )
     else:

@@ -20,8 +20,9 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mdstream.batch import QUOTE, TRADE
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
+from mdstream.providers.fields import quote as quote_tick
+from mdstream.providers.fields import trade as trade_tick
 
 PROVIDER = "ib"
 BAR_SIZES = {
@@ -93,17 +94,12 @@ def ticker_ticks(ticker: Any, received_ns: int, provider: str = PROVIDER) -> Par
             ProviderTick(
                 provider,
                 symbol,
-                {
-                    "kind": QUOTE,
-                    "timestamp": at,
-                    "provider_timestamp": received_ns,
-                    "price": None,
-                    "volume": None,
-                    "bid": bid,
-                    "ask": ask,
-                    "sequence": None,
-                    "conditions": None,
-                },
+                quote_tick(
+                    at,
+                    bid,
+                    ask,
+                    provider_ts_ns=received_ns,
+                ),
             )
         )
     if last is not None:
@@ -111,17 +107,12 @@ def ticker_ticks(ticker: Any, received_ns: int, provider: str = PROVIDER) -> Par
             ProviderTick(
                 provider,
                 symbol,
-                {
-                    "kind": TRADE,
-                    "timestamp": last_at,
-                    "provider_timestamp": received_ns,
-                    "price": last,
-                    "volume": last_size,
-                    "bid": None,
-                    "ask": None,
-                    "sequence": None,
-                    "conditions": None,
-                },
+                trade_tick(
+                    last_at,
+                    last,
+                    last_size,
+                    provider_ts_ns=received_ns,
+                ),
             )
         )
     if not out.ticks:

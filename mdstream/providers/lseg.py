@@ -22,8 +22,9 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mdstream.batch import QUOTE, TRADE
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
+from mdstream.providers.fields import quote as quote_tick
+from mdstream.providers.fields import trade as trade_tick
 
 PROVIDER = "lseg"
 _UTC = ZoneInfo("UTC")
@@ -82,17 +83,12 @@ def pricing_update(
             ProviderTick(
                 provider,
                 symbol,
-                {
-                    "kind": TRADE,
-                    "timestamp": _trade_ns(fields) or received_ns,
-                    "provider_timestamp": received_ns,
-                    "price": trade,
-                    "volume": _num(fields.get("TRDVOL_1")),
-                    "bid": None,
-                    "ask": None,
-                    "sequence": None,
-                    "conditions": None,
-                },
+                trade_tick(
+                    _trade_ns(fields) or received_ns,
+                    trade,
+                    _num(fields.get("TRDVOL_1")),
+                    provider_ts_ns=received_ns,
+                ),
             )
         )
     if bid is not None or ask is not None:
@@ -100,17 +96,12 @@ def pricing_update(
             ProviderTick(
                 provider,
                 symbol,
-                {
-                    "kind": QUOTE,
-                    "timestamp": received_ns,
-                    "provider_timestamp": received_ns,
-                    "price": None,
-                    "volume": None,
-                    "bid": bid,
-                    "ask": ask,
-                    "sequence": None,
-                    "conditions": None,
-                },
+                quote_tick(
+                    received_ns,
+                    bid,
+                    ask,
+                    provider_ts_ns=received_ns,
+                ),
             )
         )
     if not out.ticks:
