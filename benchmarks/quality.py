@@ -45,7 +45,9 @@ def _timed(fn: Callable[..., Any], sink: list[int], step: list[int]) -> Callable
 def run(seconds: float, rate_scale: float, model: str | None) -> dict[str, Any]:
     cfg = PipelineConfig()
     if model:
-        cfg = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, model_path=model))
+        cfg = dataclasses.replace(
+            cfg, quality=dataclasses.replace(cfg.quality, models=(("*", model),))
+        )
     batches = [
         m.value
         for m in generate(FeedSpec(duration_s=seconds, rate_scale=rate_scale))

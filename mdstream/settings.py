@@ -29,6 +29,17 @@ def _instruments(value: str) -> InstrumentMaster | None:
     return None if value.strip().lower() in ("", "none") else load_master(value)
 
 
+def _models(value: str) -> tuple[tuple[str, str], ...]:
+    """`MDSTREAM_QUALITY_MODEL`: one model file for every group, or 'ETF=a.npz,EQUITY=b.npz'."""
+    items = _csv(value)
+    if len(items) == 1 and "=" not in items[0]:
+        return (("*", items[0]),)
+    pairs = [item.partition("=") for item in items]
+    if any(not sep for _, sep, _ in pairs):
+        raise ValueError(f"expected one model path or group=path pairs, got {value!r}")
+    return tuple((group.strip(), path.strip()) for group, _, path in pairs)
+
+
 def _per_provider_ns(value: str) -> dict[str, int]:
     """'alpaca=1000,finnhub=5000' (milliseconds) → {provider: ns}."""
     out = {}
@@ -134,7 +145,7 @@ class Settings:
                     float(_env("DEFAULT_EXPECTED_INTERVAL_MS", "1000")) * 1e6
                 ),
                 quality=QualityConfig(
-                    model_path=os.environ.get("MDSTREAM_QUALITY_MODEL") or None,
+                    models=_models(_env("QUALITY_MODEL", "")),
                     non_regular_conditions=frozenset(
                         _csv(_env("NON_REGULAR_CONDITIONS", ",".join(NON_REGULAR_CONDITIONS)))
                     ),

@@ -571,7 +571,13 @@ def test_quality_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert s.pipeline.expected_interval_ns == {"alpaca": 500 * MS, "finnhub": 5000 * MS}
     assert s.pipeline.expected_interval("polygon") == 2000 * MS
     assert s.pipeline.quality.non_regular_conditions == {"T", "W"}
-    assert s.pipeline.quality.model_path == "/models/etf-abc.npz"
+    assert s.pipeline.quality.model_for("ETF") == "/models/etf-abc.npz"
+    monkeypatch.setenv("MDSTREAM_QUALITY_MODEL", "ETF=/models/etf-abc.npz, EQUITY=/models/eq.npz")
+    by_group = Settings.from_env().pipeline.quality
+    assert by_group.model_for("EQUITY") == "/models/eq.npz"
+    assert by_group.model_for("ETF") == "/models/etf-abc.npz"
+    assert by_group.model_for("FUTURE") is None
+    monkeypatch.setenv("MDSTREAM_QUALITY_MODEL", "/models/etf-abc.npz")
     assert s.topics.consensus == "x.md.quality.consensus"
     assert s.topics.alerts_by_severity()["CRITICAL"] == "x.md.quality.alerts.critical"
     assert s.topics.consensus not in s.topics.outputs()  # not co-compared by the crash test

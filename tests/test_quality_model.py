@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
+from mdstream.instruments import REFERENCE_FILE, load_master
 from mdstream.processor import PipelineConfig, StepOutput, process_batch
 from mdstream.quality import reliability
 from mdstream.quality.checks import Check, names
@@ -61,11 +62,14 @@ def test_version_is_a_hash_of_params_and_training_window(model_path: Path) -> No
     assert again.threshold_score == model.threshold_score
 
 
-def test_the_pipeline_flags_abnormal_trades_with_the_model(model_path: Path) -> None:
-    cfg = dataclasses.replace(
-        PipelineConfig(),
-        quality=dataclasses.replace(PipelineConfig().quality, model_path=str(model_path)),
+def _with_models(*models: tuple[str, str]) -> PipelineConfig:
+    return dataclasses.replace(
+        PipelineConfig(), quality=dataclasses.replace(PipelineConfig().quality, models=models)
     )
+
+
+def _abnormal_session(cfg: PipelineConfig) -> tuple[list[int], StepOutput]:
+    """400 normal AAPL trades in batches of 20, with one abnormal block trade (index 300)."""
     ts, price, size = _normal_trades(400, seed=9)
     # After 30 s of silence, a block a hundred thousand times the usual size: abnormal on two
     # features at once (one alone is within what an isolation forest calls normal here).
@@ -89,7 +93,11 @@ def test_the_pipeline_flags_abnormal_trades_with_the_model(model_path: Path) -> 
         }  # fmt: skip
         batches.append(b)
         out.add(process_batch(b, state, 0, cfg, emitted_ns=0))
-    flags = [f for b in batches for f in out.tick_quality[b["batchId"]]["flags"]]
+    return [f for b in batches for f in out.tick_quality[b["batchId"]]["flags"]], out
+
+
+def test_the_pipeline_flags_abnormal_trades_with_the_model(model_path: Path) -> None:
+    flags, out = _abnormal_session(_with_models(("*", str(model_path))))
     flagged = [i for i, f in enumerate(flags) if f & int(Check.MODEL_ANOMALY)]
     assert 300 in flagged
     assert len(flagged) <= 3  # the odd normal trade at most
@@ -99,6 +107,19 @@ def test_the_pipeline_flags_abnormal_trades_with_the_model(model_path: Path) -> 
     bar_checks = {c for b in out.bars for c in b["lineage"]["checks_passed"]}
     assert "model" in bar_checks
     assert {b["lineage"]["quality_model"] for b in out.bars} == {str(model_path)}
+
+
+def test_a_model_applies_to_its_instrument_group_only(model_path: Path) -> None:
+    """AAPL is an EQUITY in the master: a model trained for ETFs is not applied to it."""
+    cfg = dataclasses.replace(
+        _with_models(("ETF", str(model_path))), instruments=load_master(REFERENCE_FILE)
+    )
+    flags, out = _abnormal_session(cfg)
+    assert not any(f & int(Check.MODEL_ANOMALY) for f in flags)
+    assert {b["lineage"]["quality_model"] for b in out.bars} == {None}
+    equity = dataclasses.replace(cfg, quality=_with_models(("EQUITY", str(model_path))).quality)
+    flags, _ = _abnormal_session(equity)
+    assert flags[300] & int(Check.MODEL_ANOMALY)
 
 
 def test_sla_by_provider_sums_instruments() -> None:

@@ -194,10 +194,11 @@ def assess_batch(
     if others is not None and stat.any():
         stat &= ~(np.abs(cols.price - others.price) <= qcfg.mad_k * mad)
     anomalous = none
-    if qcfg.model_path and candidates.any():
+    model_path = qcfg.model_for(inst["instrument"].get("instrument_type"))
+    if model_path and candidates.any():
         idx = np.flatnonzero(candidates)
         anomalous = none.copy()
-        anomalous[idx] = load_model(qcfg.model_path).flag(
+        anomalous[idx] = load_model(model_path).flag(
             cols.ts[idx], cols.price[idx], cols.volume[idx], feed["last_ts"], me.get("price")
         )
 
@@ -486,15 +487,16 @@ def bar_quality(
         "quality_score": float(scorelib.combine(completeness, accuracy, timeliness, consistency)),
     }
     seen = checks.names(flags)
+    model_path = qcfg.model_for(inst["instrument"].get("instrument_type"))
     lineage = {
         "raw_partition": partition,
         "raw_offset_first": lineage_rows[2],
         "raw_offset_last": lineage_rows[3],
         "raw_batches": lineage_rows[1],
         "raw_ticks": lineage_rows[0],
-        "checks_passed": [c for c in CHECKS_RUN] + (["model"] if qcfg.model_path else []),
+        "checks_passed": [c for c in CHECKS_RUN] + (["model"] if model_path else []),
         "flags": seen,
-        "quality_model": qcfg.model_path,
+        "quality_model": model_path,
     }
     return metrics, lineage
 

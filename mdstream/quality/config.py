@@ -51,5 +51,11 @@ class QualityConfig:
     reliability_half_life_ns: int = 300_000_000_000
     # ConsensusPriceEvents: at most one per instrument per this much event time.
     consensus_publish_every_ns: int = 1_000_000_000
-    # The isolation-forest model file (mdstream quality train); None: level-5 model check off.
-    model_path: str | None = None
+    # Isolation-forest model files (mdstream quality train) per instrument group: the instrument
+    # master's type (EQUITY, ETF, ...) → path, "*" for any group not named. Empty: no model check.
+    models: tuple[tuple[str, str], ...] = ()
+
+    def model_for(self, group: str | None) -> str | None:
+        """The model file of an instrument group (its type in the master), if any."""
+        by_group = dict(self.models)
+        return by_group.get(group or "*", by_group.get("*"))
