@@ -18,14 +18,14 @@ from typing import Literal
 import asyncpg
 import polars as pl
 
-from mdstream.corporate_actions import AdjustmentMode, adjust
+from mdstream.corporate_actions import AdjustmentMode, ForwardAdjustment, adjust, forward_factor
 from mdstream.instruments import UnknownInstrument
 from mdstream.settings import settings
 from mdstream.storage.bars import read_bars
 from mdstream.storage.corporate_actions import read_factor_table
 from mdstream.storage.postgres import create_pool
 
-__all__ = ["ADJUSTMENTS", "bars", "bars_async", "instrument_keys"]
+__all__ = ["ADJUSTMENTS", "bars", "bars_async", "forward_adjustment_async", "instrument_keys"]
 
 Adjustment = Literal["raw", "split", "adjusted", "total_return"]
 
@@ -59,6 +59,27 @@ async def bars_async(
         return raw
     factors = await read_factor_table(conn, keys)
     return adjust(raw, factors, mode, as_of=as_of)
+
+
+async def forward_adjustment_async(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    symbol: str,
+    bar_date: date,
+    *,
+    anchor_date: date,
+    adjustment: Adjustment = "adjusted",
+    as_of: date | datetime | None = None,
+) -> ForwardAdjustment:
+    """Multipliers that put a new live bar of `bar_date` on the scale of a history adjusted as
+    of `anchor_date`, from the stored factor table: a consumer streaming onto a series it
+    back-adjusted once applies them as events take effect, and never rewrites that series."""
+    keys = instrument_keys(symbol, bar_date)
+    factors = await read_factor_table(conn, keys)
+    factors = factors.with_columns(instrument_id=pl.lit(keys[0]))
+    return forward_factor(
+        factors, keys[0], bar_date, anchor_date=anchor_date, mode=ADJUSTMENTS[adjustment],
+        as_of=as_of,
+    )  # fmt: skip
 
 
 def instrument_keys(symbol: str, at: date | datetime) -> list[str]:

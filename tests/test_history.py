@@ -216,3 +216,29 @@ async def test_history_modes_match_the_core_on_the_stored_factors(pg, services: 
         history.bars(
             "AAPL", start, end, "1d", "dividends", dsn=services.postgres_dsn, schema=schema
         )  # type: ignore[arg-type]
+
+
+@pytest.mark.realdata
+async def test_forward_adjustment_puts_live_bars_on_the_anchor_scale(
+    pg,  # noqa: F811
+    services: Endpoints,
+) -> None:
+    """A series back-adjusted as of 2014-06-06 continues across the 7:1 split of 2014-06-09:
+    the first post-split raw close × the forward multiplier sits next to the last pre-split one."""
+    pool, _ = pg
+    daily, _, _ = await _store_lean_aapl(pool)
+    fwd = await history.forward_adjustment_async(
+        pool, "AAPL", date(2014, 6, 9), anchor_date=date(2014, 6, 6), adjustment="split"
+    )
+    assert fwd.ex_dates == (date(2014, 6, 9),)
+    assert fwd.price_multiplier == pytest.approx(7.0) and fwd.volume_multiplier == pytest.approx(
+        1 / 7
+    )
+    close = dict(zip(daily["date"].to_list(), daily["close"].to_list(), strict=True))
+    assert close[date(2014, 6, 9)] * fwd.price_multiplier == pytest.approx(
+        close[date(2014, 6, 6)], rel=0.03
+    )
+    same_day = await history.forward_adjustment_async(
+        pool, "AAPL", date(2014, 6, 6), anchor_date=date(2014, 6, 6)
+    )
+    assert (same_day.price_multiplier, same_day.ex_dates) == (1.0, ())
