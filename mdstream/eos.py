@@ -353,14 +353,14 @@ class GatedConsumer(faust_aiokafka.Consumer):
         """Fetch `tp` again from `offset`: faust skipped messages we have not processed.
 
         Messages already queued behind the hole arrive next, so one seek per hole is enough;
-        should it not take, `_progress_watchdog` seeks again.
+        should it not take, `_progress_watchdog` seeks again. The acks of the messages before
+        `offset` stay: they were processed, and their effects are in the open transaction,
+        which must commit their offsets with them.
         """
         if tp in self._refetching and self._refetching[tp][0] == offset:
             return
         log.info("refetching %s from %d: messages were skipped", tp, offset)
         self._refetching[tp] = (offset, time.monotonic())
-        self._acked[tp] = []
-        self._acked_index[tp] = set()
         await self.seek(tp, offset)
 
     @Service.timer(STALL_PATIENCE_S / 2)
