@@ -135,11 +135,11 @@ def _tick_payload(batch: Mapping[str, Any], index: int) -> bytes:
 
 def _bar_event(
     bar: barlib.FinalBar,
-    state: Mapping[str, Any],
+    state: dict[str, Any],
     symbol: str,
     emitted_ns: int,
     cfg: PipelineConfig,
-):
+) -> dict[str, Any]:
     instrument = state.get("instrument", {})
     present = len(bar.providers_present)
     known = max(len(state.get("providers", {})), 1)
