@@ -74,6 +74,8 @@ async def test_primary_outage_fails_over_to_the_secondary_and_back(services: End
     )
     manager = FailoverManager(feeds, breakers, config, cache, registry=CollectorRegistry())
     tasks = [asyncio.create_task(f.run()) for f in feeds.values()]
+    # Supervision starts once the feeds are up: a feed still connecting counts as failing.
+    await asyncio.gather(*(f.wait_connected(20) for f in feeds.values()))
     tasks.append(asyncio.create_task(manager.run()))
     alpaca_back = None
     try:
