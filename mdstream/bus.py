@@ -181,14 +181,17 @@ class KafkaAlertPublisher:
             {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0}
         )
         self._bootstrap = bootstrap
+        self._ensured: set[str] = set()
 
     async def __call__(self, record: dict[str, Any]) -> None:
         value = self.contracts.encode(ALERT, record)
         # Like the pipeline's alerts: the all-alerts topic and the alert's severity topic.
         by_severity = severity_topic(self.topic, record["severity"])
-        meta = await asyncio.to_thread(self._producer.list_topics, self.topic, 10)
-        partitions = len(meta.topics[self.topic].partitions)
-        await asyncio.to_thread(ensure_topics, self._bootstrap, [by_severity], partitions)
+        if by_severity not in self._ensured:  # once per topic, not per alert
+            meta = await asyncio.to_thread(self._producer.list_topics, self.topic, 10)
+            partitions = len(meta.topics[self.topic].partitions)
+            await asyncio.to_thread(ensure_topics, self._bootstrap, [by_severity], partitions)
+            self._ensured.add(by_severity)
         for topic in (self.topic, by_severity):
             self._producer.produce(topic, value=value, key=record["source"].encode())
         remaining = await asyncio.to_thread(self._producer.flush, 10)

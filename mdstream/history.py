@@ -20,6 +20,7 @@ import polars as pl
 
 from mdstream.corporate_actions import AdjustmentMode, ForwardAdjustment, adjust, forward_factor
 from mdstream.instruments import UnknownInstrument
+from mdstream.normalise import datetime_to_ns
 from mdstream.settings import settings
 from mdstream.storage.bars import read_bars
 from mdstream.storage.corporate_actions import read_factor_table
@@ -91,7 +92,7 @@ def instrument_keys(symbol: str, at: date | datetime) -> list[str]:
         return [symbol]
     moment = at if isinstance(at, datetime) else datetime.combine(at, time(12), UTC)
     try:
-        known = master.resolve(symbol, int(moment.timestamp() * 1e9))
+        known = master.resolve(symbol, datetime_to_ns(moment))
     except UnknownInstrument:
         return [symbol]
     return [known.instrument_id, symbol]

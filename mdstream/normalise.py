@@ -27,6 +27,16 @@ class NormalisationError(ValueError):
     """The input cannot be normalised as declared (bad unit, missing FX rate, bad time)."""
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def datetime_to_ns(when: dt.datetime) -> int:
+    """An aware datetime as epoch ns UTC, exactly (a float `timestamp()` rounds microseconds)."""
+    if when.tzinfo is None:
+        raise ValueError(f"{when} has no time zone")
+    return (when - _EPOCH) // dt.timedelta(microseconds=1) * 1_000
+
+
 def epoch_to_ns(values: pl.Series, unit: str) -> pl.Series:
     """Epoch seconds/ms/µs/ns (integers, or floats with a fraction) → int64 ns UTC."""
     if unit not in _PER_UNIT:

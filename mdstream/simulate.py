@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mdstream.batch import TRADE
+from mdstream.providers.fields import trade
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,12 @@ def generate(feed: FeedSpec) -> Iterator[FeedMessage]:
                     continue
                 published = int(flush[idx[0]])
                 ticks = [
-                    {
-                        "kind": TRADE,
-                        "timestamp": int(ts[i]),
-                        "provider_timestamp": int(provider_ts[i]),
-                        "price": float(price[i]),
-                        "volume": float(size[i]),
-                        "bid": None,
-                        "ask": None,
-                        "sequence": None,
-                        "conditions": None,
-                    }
+                    trade(
+                        int(ts[i]),
+                        float(price[i]),
+                        float(size[i]),
+                        provider_ts_ns=int(provider_ts[i]),
+                    )
                     for i in idx
                 ]
                 batch = {

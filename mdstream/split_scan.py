@@ -18,6 +18,7 @@ import asyncpg
 from mdstream.bus import KafkaAlertPublisher, ensure_topics
 from mdstream.corporate_actions import SplitSuspicion, detect_split_like_jumps
 from mdstream.history import bars_async
+from mdstream.normalise import datetime_to_ns
 from mdstream.quality.alerts import alert
 from mdstream.settings import Settings
 from mdstream.storage.postgres import create_pool
@@ -25,7 +26,7 @@ from mdstream.storage.postgres import create_pool
 
 def suspicion_alert(symbol: str, s: SplitSuspicion, at_ns: int) -> dict[str, Any]:
     """One alert per instrument and day: a re-scan raises the same event id again."""
-    day_ns = int(datetime.combine(s.date, datetime.min.time(), UTC).timestamp() * 1e9)
+    day_ns = datetime_to_ns(datetime.combine(s.date, datetime.min.time(), UTC))
     return alert(
         "SUSPECTED_CORPORATE_ACTION",
         "MEDIUM",

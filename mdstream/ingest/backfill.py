@@ -49,8 +49,8 @@ from typing import Any, Protocol, TextIO
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from mdstream.contracts import DEAD_LETTER, RAW_BARS, RAW_BATCH, ContractSet
-from mdstream.ingest.files import epoch_ns
 from mdstream.ingest.protocols import HistoricalSource
+from mdstream.normalise import datetime_to_ns
 from mdstream.processor import dead_letter
 from mdstream.providers.base import ParseResult
 
@@ -98,7 +98,7 @@ class Chunk:
     def chunk_id(self) -> str:
         if self.symbol == UNPLACED:
             return UNPLACED
-        return f"{self.symbol}|{epoch_ns(self.start)}|{epoch_ns(self.end)}"
+        return f"{self.symbol}|{datetime_to_ns(self.start)}|{datetime_to_ns(self.end)}"
 
 
 def plan_chunks(job: Job, max_span) -> list[Chunk]:

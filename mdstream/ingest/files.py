@@ -16,17 +16,12 @@ from pathlib import Path
 
 import polars as pl
 
+from mdstream.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 from mdstream.providers.databento import parse_dbn
 from mdstream.providers.tabular import ColumnMap, frame_bars, frame_ticks, timestamps_ns
 
 TICKS = "tick"
-
-
-def epoch_ns(when: datetime) -> int:
-    if when.tzinfo is None:
-        raise ValueError(f"{when} has no time zone")
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1_000
 
 
 def _read_table(path: Path) -> pl.DataFrame:
@@ -99,7 +94,7 @@ class TableFileSource:
 
     async def fetch(self, symbol: str, start: datetime, end: datetime, freq: str) -> ParseResult:
         frame = await self._load()
-        lo, hi = epoch_ns(start), epoch_ns(end)
+        lo, hi = datetime_to_ns(start), datetime_to_ns(end)
         part = frame.filter(
             (pl.col("__symbol") == symbol) & (pl.col("__ts") >= lo) & (pl.col("__ts") < hi)
         ).drop("__symbol", "__ts")
@@ -152,7 +147,7 @@ class DatabentoFileSource:
     async def fetch(self, symbol: str, start: datetime, end: datetime, freq: str) -> ParseResult:
         await self._load()
         assert self._ticks is not None
-        lo, hi = epoch_ns(start), epoch_ns(end)
+        lo, hi = datetime_to_ns(start), datetime_to_ns(end)
         if freq == TICKS:
             keys, items = self._ticks.get(symbol, ([], []))
             sel = items[bisect.bisect_left(keys, lo) : bisect.bisect_left(keys, hi)]

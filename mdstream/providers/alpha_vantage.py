@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mdstream.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 from mdstream.providers.fields import trade as trade_tick
 
@@ -49,8 +50,7 @@ def _zone(meta: dict[str, Any]) -> ZoneInfo:
 
 
 def _epoch_ns(local: datetime, zone: ZoneInfo) -> int:
-    aware = local.replace(tzinfo=zone)
-    return int(aware.timestamp()) * 1_000_000_000 + aware.microsecond * 1_000
+    return datetime_to_ns(local.replace(tzinfo=zone))
 
 
 def classify_error(body: dict[str, Any]) -> dict[str, Any] | None:

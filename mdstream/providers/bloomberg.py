@@ -19,13 +19,14 @@ mapping is given.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from mdstream.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
+from mdstream.providers.fields import finite_or_none
 from mdstream.providers.fields import quote as quote_tick
 from mdstream.providers.fields import trade as trade_tick
 
@@ -38,20 +39,10 @@ def symbol_of(security: str, mapping: Mapping[str, str] | None = None) -> str:
     return security.split()[0] if security.strip() else security
 
 
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _ns(when: Any) -> int | None:
     if not isinstance(when, datetime) or when.tzinfo is None:
         return None
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1_000
+    return datetime_to_ns(when)
 
 
 def _payload(data: Any) -> bytes:
@@ -73,7 +64,7 @@ def market_data(
         out.control.append({"type": "summary", "security": security})
         return out
     if event == "TRADE":
-        price = _num(data.get("LAST_TRADE", data.get("LAST_PRICE")))
+        price = finite_or_none(data.get("LAST_TRADE", data.get("LAST_PRICE")))
         if price is None:
             out.errors.append(
                 FrameError(provider, f"{security}: trade without a price", _payload(data))
@@ -87,14 +78,14 @@ def market_data(
                 trade_tick(
                     at,
                     price,
-                    _num(data.get("SIZE_LAST_TRADE")),
+                    finite_or_none(data.get("SIZE_LAST_TRADE")),
                     provider_ts_ns=received_ns,
                     conditions_=data.get("EVT_TRADE_CONDITION_CODE_RT"),
                 ),
             )
         )
     elif event == "QUOTE":
-        bid, ask = _num(data.get("BID")), _num(data.get("ASK"))
+        bid, ask = finite_or_none(data.get("BID")), finite_or_none(data.get("ASK"))
         if bid is None and ask is None:
             out.errors.append(
                 FrameError(provider, f"{security}: quote without bid or ask", _payload(data))
@@ -138,12 +129,12 @@ def intraday_bars(
         return out
     for row in rows:
         start = _ns(row.get("time"))
-        values = [_num(row.get(k)) for k in ("open", "high", "low", "close", "volume")]
+        values = [finite_or_none(row.get(k)) for k in ("open", "high", "low", "close", "volume")]
         if start is None or None in values:
             out.errors.append(FrameError(provider, f"{security}: bad bar", _payload(row)))
             continue
         count = row.get("numEvents")
-        value = _num(row.get("value"))
+        value = finite_or_none(row.get("value"))
         vwap = value / values[4] if value is not None and values[4] else None
         out.bars.append(
             ProviderBar(
@@ -181,7 +172,7 @@ def historical_bars(
     symbol = symbol_of(security, mapping)
     for row in data.get("fieldData") or []:
         day = row.get("date")
-        values = [_num(row.get(k)) for k in ("PX_OPEN", "PX_HIGH", "PX_LOW", "PX_LAST")]
+        values = [finite_or_none(row.get(k)) for k in ("PX_OPEN", "PX_HIGH", "PX_LOW", "PX_LAST")]
         if not isinstance(day, date) or None in values:
             out.errors.append(FrameError(provider, f"{security}: bad daily row", _payload(row)))
             continue
@@ -193,7 +184,7 @@ def historical_bars(
                 "1d",
                 int(start.timestamp()) * 10**9,
                 *values,
-                _num(row.get("PX_VOLUME")) or 0.0,
+                finite_or_none(row.get("PX_VOLUME")) or 0.0,
             )
         )  # type: ignore[arg-type]
     return out

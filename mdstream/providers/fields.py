@@ -53,6 +53,18 @@ def obj(value: Any, what: str = "message") -> Mapping[str, Any]:
     return value
 
 
+def finite_or_none(x: Any) -> float | None:
+    """A number as float, or None when it is missing, not a number, or not finite (SDK fields
+    that may be absent or NaN, where absence is data, not an error)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _present(o: Mapping[str, Any], key: str) -> Any:
     if key not in o or o[key] is None:
         raise Reject(f"missing field {key!r}")

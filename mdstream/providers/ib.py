@@ -20,6 +20,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from mdstream.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 from mdstream.providers.fields import quote as quote_tick
 from mdstream.providers.fields import trade as trade_tick
@@ -58,7 +59,7 @@ def _ns(when: datetime | None) -> int | None:
         return None
     if when.tzinfo is None:
         raise ValueError(f"naive time {when}: IB times must be UTC-aware")
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1_000
+    return datetime_to_ns(when)
 
 
 def _symbol(contract: Any) -> str | None:

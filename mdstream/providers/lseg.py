@@ -16,13 +16,14 @@ RICs ("IBM.N") are mapped to symbols by their part before the first dot unless a
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from mdstream.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
+from mdstream.providers.fields import finite_or_none
 from mdstream.providers.fields import quote as quote_tick
 from mdstream.providers.fields import trade as trade_tick
 
@@ -40,16 +41,6 @@ def symbol_of(ric: str, mapping: Mapping[str, str] | None = None) -> str:
     return ric.split(".")[0] or ric
 
 
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _payload(data: Any) -> bytes:
     return json.dumps(data, default=str).encode()[:8192]
 
@@ -63,7 +54,7 @@ def _trade_ns(fields: Mapping[str, Any]) -> int | None:
         at = datetime.combine(d, time(), _UTC) + timedelta(milliseconds=int(ms))
     except (TypeError, ValueError):
         return None
-    return int(at.timestamp()) * 1_000_000_000 + at.microsecond * 1_000
+    return datetime_to_ns(at)
 
 
 def pricing_update(
@@ -76,8 +67,8 @@ def pricing_update(
 ) -> ParseResult:
     out = ParseResult()
     symbol = symbol_of(ric, mapping)
-    trade = _num(fields.get("TRDPRC_1"))
-    bid, ask = _num(fields.get("BID")), _num(fields.get("ASK"))
+    trade = finite_or_none(fields.get("TRDPRC_1"))
+    bid, ask = finite_or_none(fields.get("BID")), finite_or_none(fields.get("ASK"))
     if trade is not None:
         out.ticks.append(
             ProviderTick(
@@ -86,7 +77,7 @@ def pricing_update(
                 trade_tick(
                     _trade_ns(fields) or received_ns,
                     trade,
-                    _num(fields.get("TRDVOL_1")),
+                    finite_or_none(fields.get("TRDVOL_1")),
                     provider_ts_ns=received_ns,
                 ),
             )
@@ -128,7 +119,7 @@ def history_rows(
     symbol = symbol_of(ric, mapping)
     for when, row in rows:
         names = next((n for n in _OHLCV if n[3] in row), _OHLCV[0])
-        values = [_num(row.get(k)) for k in names[:4]]
+        values = [finite_or_none(row.get(k)) for k in names[:4]]
         if not isinstance(when, datetime) or None in values:
             out.errors.append(
                 FrameError(provider, f"{ric}: bad history row", _payload({"t": when, **row}))
@@ -142,7 +133,7 @@ def history_rows(
                 interval,
                 int(aware.timestamp()) * 10**9 + aware.microsecond * 1000,
                 *values,
-                _num(row.get(names[4])) or 0.0,
+                finite_or_none(row.get(names[4])) or 0.0,
             )
         )  # type: ignore[arg-type]
     return out

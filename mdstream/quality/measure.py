@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from mdstream.batch import TRADE
 from mdstream.processor import PipelineConfig, StepOutput, process_batch
+from mdstream.providers.fields import trade
 from mdstream.quality.calendar import sessions
 from mdstream.quality.checks import Check
 
@@ -53,20 +53,7 @@ def trade_batches(
             "timestamp": start + batch_ns,
             "source": source,
             "instrument": {"symbol": symbol, "exchange": exchange, "isin": None},
-            "ticks": [
-                {
-                    "kind": TRADE,
-                    "timestamp": int(ts[i]),
-                    "provider_timestamp": int(ts[i]),
-                    "price": float(price[i]),
-                    "volume": float(size[i]),
-                    "bid": None,
-                    "ask": None,
-                    "sequence": None,
-                    "conditions": None,
-                }
-                for i in idx
-            ],
+            "ticks": [trade(int(ts[i]), float(price[i]), float(size[i])) for i in idx],
         }
 
 
@@ -148,12 +135,8 @@ def daily_close_consensus(
                 "timestamp": at + S,
                 "source": provider,
                 "instrument": {"symbol": symbol, "exchange": None, "isin": None},
-                "ticks": [
-                    {"kind": TRADE, "timestamp": at + i, "provider_timestamp": at + i,
-                     "price": float(close), "volume": 1.0, "bid": None, "ask": None,
-                     "sequence": None, "conditions": None},
-                ],
-            }  # fmt: skip
+                "ticks": [trade(at + i, float(close), 1.0)],
+            }
             out = process_batch(b, state, 0, cfg, emitted_ns=0)
             (flags,) = out.tick_quality[b["batchId"]]["flags"]
             row[provider] = close
