@@ -1,7 +1,11 @@
-"""Real Kafka, PostgreSQL and Redis on loopback, started by the project itself (no Docker).
+"""Real Kafka, PostgreSQL, Redis, Pulsar and a schema registry on loopback, started by the project
+itself (no Docker).
 
 `ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
-run dir serialises starts and stops, and a healthy service is left untouched.
+run dir serialises starts and stops, and a healthy service is left untouched. With no `only`,
+`ensure_up()` starts the core services (Kafka, PostgreSQL, Redis): Pulsar needs ~2 GB and the
+registry a Java 21 JVM, so tests and commands ask for them by name (`mdstream services up` with no
+`--only` starts all five).
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mdstream.services.apicurio import ApicurioService
 from mdstream.services.base import Service, ServiceError, ServiceStatus, apt_install, say
 from mdstream.services.config import Settings
 from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
+from mdstream.services.pulsar import PulsarService
 from mdstream.services.redis import RedisService
 
 __all__ = [
+    "CORE_SERVICES",
     "SERVICE_NAMES",
     "Endpoints",
     "ServiceError",
@@ -31,9 +38,12 @@ __all__ = [
 ]
 
 _SERVICES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaService, PostgresService, RedisService)
+    cls.name: cls
+    for cls in (KafkaService, PostgresService, RedisService, PulsarService, ApicurioService)
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
+#: What `ensure_up()` starts when not told which.
+CORE_SERVICES: tuple[str, ...] = ("kafka", "postgres", "redis")
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,9 @@ class Endpoints:
     kafka_bootstrap: str  # "127.0.0.1:39092"
     postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
     redis_url: str  # "redis://127.0.0.1:36379/0"
+    pulsar_url: str  # "pulsar://127.0.0.1:36650"
+    pulsar_admin_url: str  # "http://127.0.0.1:38080"
+    schema_registry_url: str  # "http://127.0.0.1:38081/apis/ccompat/v7"
 
 
 def _select(only: Sequence[str] | None, settings: Settings | None) -> list[Service]:
@@ -70,15 +83,19 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         kafka_bootstrap=KafkaService(settings).address,
         postgres_dsn=PostgresService(settings).address,
         redis_url=RedisService(settings).address,
+        pulsar_url=PulsarService(settings).address,
+        pulsar_admin_url=PulsarService(settings).admin_url,
+        schema_registry_url=ApicurioService(settings).address,
     )
 
 
 def ensure_up(
     only: Sequence[str] | None = None, settings: Settings | None = None, timeout: float = 180.0
 ) -> Endpoints:
-    """Start whatever is not running, wait until every requested service is usable."""
+    """Start whatever is not running, wait until every requested service is usable
+    (default: the core services)."""
     settings = settings or Settings.from_env()
-    services = _select(only, settings)
+    services = _select(only or CORE_SERVICES, settings)
     deadline = time.monotonic() + timeout
     with _locked(settings):
         missing = sorted({pkg for service in services for pkg in service.missing_packages()})

@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     try:
         if args.action == "up":
-            ensure_up(only, timeout=args.timeout)
+            ensure_up(only or SERVICE_NAMES, timeout=args.timeout)
         elif args.action == "down":
             stop_all(only)
         statuses = status(only)
@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `services` sub-command to the top-level `mdstream` parser."""
     parser = subparsers.add_parser(
-        "services", help="start/stop/check the local Kafka, PostgreSQL and Redis"
+        "services", help="start/stop/check the local Kafka, PostgreSQL, Redis, Pulsar, registry"
     )
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {SERVICE_NAMES}")
