@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "mdstream.backfill",
     "mdstream.split_scan",
     "mdstream.quality.cli",
+    "mdstream.distribution.cli",
 ]
 
 
