@@ -100,17 +100,29 @@ class PulsarMirror:
         key = (kafka_topic, partition, topic)
         producer = self._producers.get(key)
         if producer is None:
-            assert self._client is not None
-            producer = self._client.create_producer(
-                topic,
-                producer_name=producer_name(kafka_topic, partition),
-                batching_enabled=False,
-                send_timeout_millis=0,  # an outage pauses us; nothing is given up on
-                max_pending_messages=50_000,
-                block_if_queue_full=True,
-            )
-            self._producers[key] = producer
+            producer = self._producers[key] = self._create_producer(kafka_topic, partition, topic)
         return producer
+
+    def _create_producer(self, kafka_topic: str, partition: int, topic: str) -> pulsar.Producer:
+        """A new topic's producer; while Pulsar cannot be reached, wait (an outage pauses us)."""
+        assert self._client is not None
+        delay, warned = 0.2, False
+        while True:
+            try:
+                return self._client.create_producer(
+                    topic,
+                    producer_name=producer_name(kafka_topic, partition),
+                    batching_enabled=False,
+                    send_timeout_millis=0,  # an outage pauses us; nothing is given up on
+                    max_pending_messages=50_000,
+                    block_if_queue_full=True,
+                )
+            except (pulsar.ConnectError, pulsar.Timeout, pulsar.ServiceUnitNotReady) as exc:
+                if not warned:
+                    log.warning("mirror: cannot open a producer on %s (%s); paused", topic, exc)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _close_partition(self, kafka_topic: str, partition: int) -> None:
         for key in [k for k in self._producers if k[:2] == (kafka_topic, partition)]:
