@@ -174,3 +174,14 @@ def test_wiring_packages_do_not_take_common_names(tmp_path: Path) -> None:
     assert ours_agents == str(ROOT / "agents" / "__init__.py")
     assert ours_tables == str(ROOT / "tables" / "__init__.py")
     assert not agents.startswith(str(ROOT)) and not tables.startswith(str(ROOT))
+
+
+def test_importing_any_module_has_no_side_effect() -> None:
+    """Faust's autodiscovery imports every module of the origin package (`mdstream`): none may
+    run a command, exit or connect when imported."""
+    modules = sorted(_module_name(p) for p in (ROOT / "mdstream").rglob("*.py"))
+    script = f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -4,4 +4,5 @@ import sys
 
 from mdstream.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # faust's autodiscovery imports every module of the origin package
+    sys.exit(main())
