@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 
 def build(settings: Settings) -> PulsarMirror:
-    from mdstream.contracts import ContractSet
+    from mdstream.bus.registry import contract_ids
+    from mdstream.core.contracts import ContractSet
     from mdstream.distribution.mirror import PulsarMirror
-    from mdstream.registry import contract_ids
 
     master = settings.pipeline.instruments
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from mdstream.bus import committed_consumer
-from mdstream.contracts import ALERT, CONSENSUS, NORMALIZED, ContractSet
+from mdstream.bus.kafka import committed_consumer
+from mdstream.core.contracts import ALERT, CONSENSUS, NORMALIZED, ContractSet
 from mdstream.services import Endpoints
 from tests.test_contracts import RECORDS
 

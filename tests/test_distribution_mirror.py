@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mdstream.bus import ensure_topics, read_all
-from mdstream.contracts import ALERT, CONSENSUS, NORMALIZED, ContractSet
+from mdstream.bus.kafka import ensure_topics, read_all
+from mdstream.core.contracts import ALERT, CONSENSUS, NORMALIZED, ContractSet
 from mdstream.distribution.pulsar_admin import ensure_layout
 from mdstream.distribution.routes import NAMESPACES, TENANT, route
 from mdstream.services import Endpoints, ensure_up

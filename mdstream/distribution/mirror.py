@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import pulsar
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from mdstream.contracts import ContractSet, DecodeError
+from mdstream.core.contracts import ContractSet, DecodeError
 from mdstream.distribution.pulsar_admin import ensure_layout
 from mdstream.distribution.routes import producer_name, route
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mdstream.contracts import ALERT, CONSENSUS, CORPORATE_ACTION, NORMALIZED
+from mdstream.core.contracts import ALERT, CONSENSUS, CORPORATE_ACTION, NORMALIZED
 
 TENANT = "market-data"
 MINUTES_PER_DAY = 24 * 60
