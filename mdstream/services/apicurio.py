@@ -82,6 +82,7 @@ class ApicurioService(Service):
                  f"-DoutputDirectory={staging}", f"-Dapicurio.version={APICURIO_VERSION}"],
                 capture_output=True, text=True,
             )  # fmt: skip
+            shutil.rmtree(f"{staging}.markers", ignore_errors=True)
             if done.returncode != 0 or not (staging / "quarkus-run.jar").exists():
                 shutil.rmtree(staging, ignore_errors=True)
                 raise ServiceError(f"mvn failed to fetch Apicurio:\n{done.stdout}{done.stderr}")
