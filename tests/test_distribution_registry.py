@@ -89,7 +89,6 @@ def test_a_compatible_change_is_accepted_and_old_and_new_readers_decode(
     written_new = new_set.encode(ALERT, new_record)
     written_old = old_set.encode(ALERT, RECORDS[ALERT])
     # An old consumer (its reader schema: the old contract) reads it: the new field is dropped.
-    # consumer (its reader schema: the old contract): the field is dropped.
     old_reader = AvroDeserializer(client, load_schema_text(ALERT))
     assert old_reader(written_new, CTX) == RECORDS[ALERT]
     # BACKWARD: a consumer on the new contract reads what the old producers wrote (default).
