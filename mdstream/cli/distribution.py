@@ -52,11 +52,70 @@ def _schemas(args: argparse.Namespace) -> int:
     return 1 if any(c.status == "INCOMPATIBLE" for c in checks) else 0
 
 
+def latest_store(settings):
+    from mdstream.distribution.latest import LatestStore
+
+    return LatestStore(settings.redis_url, prefix=f"md:{settings.app_id}:")
+
+
+def _latest(args: argparse.Namespace) -> int:
+    import json
+
+    from mdstream.distribution.latest import LatestStore
+    from mdstream.settings import settings
+
+    store = LatestStore.for_settings(settings)
+    try:
+        found = store.get_many(args.symbols)
+    finally:
+        store.close()
+    print(json.dumps(found, indent=2, sort_keys=True))
+    return 0 if all(found.values()) else 1
+
+
+def _sink_latest(args: argparse.Namespace) -> int:
+    import signal
+
+    from mdstream.bus.registry import contract_ids
+    from mdstream.core.contracts import ContractSet
+    from mdstream.distribution.latest import LatestSink, LatestStore
+    from mdstream.settings import settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    t = settings.topics
+    sink = LatestSink(
+        settings.bootstrap,
+        (t.normalized, t.consensus, t.raw),
+        LatestStore.for_settings(settings),
+        ContractSet.load(contract_ids(settings)),
+    )
+    sink.run(lambda: stopping)
+    print(f"latest sink stopped: {sink.applied} updates applied, {sink.reconnects} reconnects")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     mirror = subparsers.add_parser(
         "mirror", help="forward the committed Kafka outputs to Pulsar, exactly once"
     )
     mirror.set_defaults(func=_mirror)
+    latest = subparsers.add_parser(
+        "latest", help="the latest trade, quote, bars and consensus of instruments (Redis)"
+    )
+    latest.add_argument("symbols", nargs="+")
+    latest.set_defaults(func=_latest)
+    sink = subparsers.add_parser(
+        "sink-latest", help="keep the latest prices in Redis from the committed Kafka outputs"
+    )
+    sink.set_defaults(func=_sink_latest)
     schemas = subparsers.add_parser(
         "schemas", help="try the contracts against the schema registry (BACKWARD), or register"
     )
