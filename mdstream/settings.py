@@ -116,6 +116,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:36379/0"
     #: Kafka topics the mirror forwards (default: `Topics.mirrored()`).
     mirror_topics: tuple[str, ...] = ()
+    #: `mdstream serve`: the WebSocket feed and live page (loopback by default).
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8765
 
     @property
     def bootstrap(self) -> str:
@@ -169,6 +172,8 @@ class Settings:
             ),
             redis_url=_env("REDIS_URL", f"redis://127.0.0.1:{_env('REDIS_PORT', '36379')}/0"),
             mirror_topics=_csv(_env("MIRROR_TOPICS", "")),
+            serve_host=_env("SERVE_HOST", "127.0.0.1"),
+            serve_port=int(_env("SERVE_PORT", "8765")),
         )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 
@@ -102,6 +103,34 @@ def _sink_latest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from mdstream.bus.registry import contract_ids
+    from mdstream.core.contracts import ContractSet
+    from mdstream.distribution.server import LiveServer, read_token
+    from mdstream.settings import settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    t = settings.topics
+    master = settings.pipeline.instruments
+    server = LiveServer(
+        settings.bootstrap,
+        (t.normalized, t.consensus, t.alerts),
+        contracts=ContractSet.load(contract_ids(settings)),
+        known_instruments=sorted(master.periods) if master is not None else None,
+        timeframes=settings.pipeline.intervals,
+        token=read_token(os.environ),
+    )
+    host = args.host or settings.serve_host
+    port = args.port or settings.serve_port
+    print(f"live page: http://{host}:{port}/", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(host, port))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     mirror = subparsers.add_parser(
         "mirror", help="forward the committed Kafka outputs to Pulsar, exactly once"
@@ -116,6 +145,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sink-latest", help="keep the latest prices in Redis from the committed Kafka outputs"
     )
     sink.set_defaults(func=_sink_latest)
+    serve = subparsers.add_parser(
+        "serve", help="the WebSocket feed and live page (candles, latest prices, alerts)"
+    )
+    serve.add_argument("--host", default=None, help="default MDSTREAM_SERVE_HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="default MDSTREAM_SERVE_PORT (8765)")
+    serve.set_defaults(func=_serve)
     schemas = subparsers.add_parser(
         "schemas", help="try the contracts against the schema registry (BACKWARD), or register"
     )
