@@ -142,7 +142,15 @@ class LatestStore:
         return f"{self.prefix}latest-offsets"
 
     def apply(self, updates: Sequence[Update], offsets: Mapping[str, int] | None = None) -> int:
-        """Apply atomically; returns how many updates were newer than what was stored."""
+        """Apply atomically; returns how many updates were newer than what was stored.
+        Within one batch only the newest update per (instrument, kind) can win, so only those
+        are encoded and sent (same outcome, a fraction of the work)."""
+        newest: dict[tuple[str, str], Update] = {}
+        for u in updates:
+            current = newest.get((u.symbol, u.kind))
+            if current is None or current.order < u.order:
+                newest[(u.symbol, u.kind)] = u
+        updates = list(newest.values())
         keys = [self.offsets_key]
         index: dict[str, int] = {}
         argv: list[Any] = [len(offsets or {})]
