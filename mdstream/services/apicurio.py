@@ -1,7 +1,7 @@
 """Apicurio Registry 3.x (Confluent-compatible API at /apis/ccompat/v7), in-memory storage.
 
-Its runnable archive comes from Maven Central; it needs Java 21 or newer, which is looked for
-under /usr/lib/jvm (or `MDSTREAM_JAVA21_HOME`) and installed from Debian when absent.
+Its runnable archive comes from Maven Central; it needs Java 21 or newer, looked for under
+/usr/lib/jvm (or `MDSTREAM_JAVA21_HOME`): the machine's Temurin JDK (Debian 12 packages no Java 21).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from mdstream.services.config import APICURIO_VERSION, HOST, REPO_ROOT
 
 POM = REPO_ROOT / "services" / "apicurio" / "pom.xml"
 _MVN_HINT = "Apicurio's archive is fetched from Maven Central with Maven (apt-get install -y maven)"
-_JDK_PACKAGE = "openjdk-21-jre-headless"
 CCOMPAT = "/apis/ccompat/v7"
 
 
@@ -67,9 +66,6 @@ class ApicurioService(Service):
     def log_file(self) -> Path:
         return self.home / "registry.log"
 
-    def missing_packages(self) -> list[str]:
-        return [] if find_java21() else [_JDK_PACKAGE]
-
     def _app(self) -> Path:
         """Unpack the runnable archive once into the cache (atomically)."""
         app = self.settings.apicurio_app_dir
@@ -94,7 +90,10 @@ class ApicurioService(Service):
     def start(self) -> None:
         java = find_java21()
         if java is None:
-            raise ServiceError(f"Apicurio needs Java 21+: apt-get install -y {_JDK_PACKAGE}")
+            raise ServiceError(
+                "Apicurio needs Java 21+: none under /usr/lib/jvm; install a JDK 21+ there or"
+                " point MDSTREAM_JAVA21_HOME at one"
+            )
         self.check_port_free()
         jar = self._app()
         self.home.mkdir(parents=True, exist_ok=True)
