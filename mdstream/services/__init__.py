@@ -4,8 +4,8 @@ itself (no Docker).
 `ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
 run dir serialises starts and stops, and a healthy service is left untouched. With no `only`,
 `ensure_up()` starts the core services (Kafka, PostgreSQL, Redis): Pulsar needs ~2 GB and the
-registry a Java 21 JVM, so tests and commands ask for them by name (`mdstream services up` with no
-`--only` starts all five).
+registry a Java 21 JVM, so tests and commands ask for them by name (`mdstream services up --all`
+starts all five). `status()` defaults to the core services too; `stop_all()` to every service.
 """
 
 from __future__ import annotations
@@ -124,5 +124,5 @@ def stop_all(only: Sequence[str] | None = None, settings: Settings | None = None
 def status(
     only: Sequence[str] | None = None, settings: Settings | None = None
 ) -> list[ServiceStatus]:
-    """Cheap check (pid alive + port accepting) for each requested service."""
-    return [service.status() for service in _select(only, settings)]
+    """Cheap check (pid alive + port accepting) for each requested service (default: core)."""
+    return [service.status() for service in _select(only or CORE_SERVICES, settings)]
