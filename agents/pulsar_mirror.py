@@ -38,6 +38,7 @@ def build(settings: Settings) -> PulsarMirror:
         group=f"{settings.app_id}-pulsar-mirror",
         contracts=ContractSet.load(contract_ids(settings)),
         exchange_of=exchange_of,
+        instance=settings.mirror_instance,
     )
 
 

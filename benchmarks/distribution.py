@@ -46,7 +46,8 @@ from tests.distribution_support import (
 from tests.workers import free_port
 
 CS = ContractSet.load()
-SYMBOLS = [f"S{i:02d}" for i in range(50)]
+# Fresh instrument names per run: Pulsar topics are per instrument and outlive a run.
+SYMBOLS = [f"B{uuid.uuid4().hex[:4].upper()}{i:02d}" for i in range(50)]
 
 
 def say(msg: str) -> None:
@@ -58,10 +59,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def bar_items(topic: str, n: int) -> tuple[list[Item], dict[bytes, str]]:
+def bar_items(topic: str, n: int, tag: str = "") -> tuple[list[Item], dict[bytes, str]]:
     items, ids = [], {}
+    symbols = [f"{s}{tag}" for s in SYMBOLS]
     for k in range(n):
-        symbol = SYMBOLS[k % len(SYMBOLS)]
+        symbol = symbols[k % len(symbols)]
         record = bar(symbol, T0 + (k // len(SYMBOLS)) * 10**9, 100.0 + (k % 997) / 100)
         value = CS.encode(NORMALIZED, record)
         items.append(Item(topic, symbol, value))
@@ -76,7 +78,7 @@ def bench_mirror(rate: float, seconds: float) -> dict[str, float]:
     app_id = f"bm{uuid.uuid4().hex[:8]}"
     topics = Topics.with_prefix(f"{app_id}.")
     ensure_topics(stack.kafka_bootstrap, topics.mirrored(), 4)
-    items, _ = bar_items(topics.normalized, int(rate * seconds))
+    items, _ = bar_items(topics.normalized, int(rate * seconds), tag=f"R{int(rate)}")
     pulsar_topics = sorted({route(*CS.decode(i.value)).topic for i in items})
     client = pulsar.Client(stack.pulsar_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
     received: dict[bytes, float] = {}
@@ -219,8 +221,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="mirror,redis,ws")
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--mirror-rates", default="10000,2000")
-    parser.add_argument("--ws-rate", type=float, default=50, help="bars/s into Kafka")
+    parser.add_argument("--mirror-rates", default="10000,1000")
+    parser.add_argument("--ws-rates", default="50,10", help="bars/s into Kafka")
     args = parser.parse_args()
     only = set(args.only.split(","))
     rows: list[tuple[str, dict]] = []
@@ -232,8 +234,9 @@ def main() -> None:
             say(f"mirror at {rate:.0f} msgs/s …")
             rows.append((f"pulsar mirror @{rate:.0f}/s", bench_mirror(rate, args.seconds)))
     if "ws" in only:
-        say("websocket …")
-        rows.append(("websocket", bench_ws(args.ws_rate, args.seconds)))
+        for rate in (float(r) for r in args.ws_rates.split(",")):
+            say(f"websocket at {rate:.0f} bars/s …")
+            rows.append((f"websocket @{rate:.0f} bars/s", bench_ws(rate, args.seconds)))
     for name, figures in rows:
         print(f"\n{name}")
         for k, v in figures.items():

@@ -116,6 +116,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:36379/0"
     #: Kafka topics the mirror forwards (default: `Topics.mirrored()`).
     mirror_topics: tuple[str, ...] = ()
+    #: This mirror's static group member id (one per mirror process; "" for dynamic membership).
+    mirror_instance: str = "0"
     #: `mdstream serve`: the WebSocket feed and live page (loopback by default).
     serve_host: str = "127.0.0.1"
     serve_port: int = 8765
@@ -172,6 +174,7 @@ class Settings:
             ),
             redis_url=_env("REDIS_URL", f"redis://127.0.0.1:{_env('REDIS_PORT', '36379')}/0"),
             mirror_topics=_csv(_env("MIRROR_TOPICS", "")),
+            mirror_instance=_env("MIRROR_INSTANCE", "0"),
             serve_host=_env("SERVE_HOST", "127.0.0.1"),
             serve_port=int(_env("SERVE_PORT", "8765")),
         )

@@ -83,12 +83,14 @@ class PulsarMirror:
         contracts: ContractSet | None = None,
         exchange_of: Callable[[str, int], str | None] | None = None,
         max_batch: int = 2000,
+        instance: str | None = None,
     ) -> None:
         self.bootstrap, self.sources = bootstrap, list(sources)
         self.pulsar_url, self.admin_url, self.group = pulsar_url, admin_url, group
         self.contracts = contracts or ContractSet.load()
         self.exchange_of = exchange_of or (lambda symbol, at_ns: None)
         self.max_batch = max_batch
+        self.instance = instance
         self.stats = MirrorStats()
         self._pending = _Pending()
         self._producers: dict[tuple[str, int, str], pulsar.Producer] = {}
@@ -224,6 +226,8 @@ class PulsarMirror:
                 # A SIGKILLed mirror holds its partitions until its session expires: keep it short.
                 "session.timeout.ms": 6000,
                 "heartbeat.interval.ms": 1000,
+                # Static membership: a restarted mirror takes its partitions back at once.
+                **({"group.instance.id": f"{self.group}-{self.instance}"} if self.instance else {}),
             }
         )
         reported = 0
