@@ -28,9 +28,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry
 from redis.asyncio import Redis
 
+from mdstream.ops import metrics
 from mdstream.quality.alerts import ALL_SOURCES, alert
 
 log = logging.getLogger(__name__)
@@ -123,19 +124,7 @@ _STATES = {
     "open": BreakerState.OPEN,
 }
 
-_gauges: dict[int, Gauge] = {}
-
-
-def breaker_gauge(registry: CollectorRegistry = REGISTRY) -> Gauge:
-    """The state gauge, created once per registry."""
-    if id(registry) not in _gauges:
-        _gauges[id(registry)] = Gauge(
-            "mdstream_breaker_state",
-            "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
-            ["provider"],
-            registry=registry,
-        )
-    return _gauges[id(registry)]
+breaker_gauge = metrics.breaker_state
 
 
 def source_unavailable_alert(
