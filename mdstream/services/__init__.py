@@ -16,6 +16,7 @@ from mdstream.services.base import Service, ServiceError, ServiceStatus, apt_ins
 from mdstream.services.config import Settings
 from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
+from mdstream.services.prometheus import PrometheusService
 from mdstream.services.redis import RedisService
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 _SERVICES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaService, PostgresService, RedisService)
+    cls.name: cls for cls in (KafkaService, PostgresService, RedisService, PrometheusService)
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
 
@@ -43,6 +44,7 @@ class Endpoints:
     kafka_bootstrap: str  # "127.0.0.1:39092"
     postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
     redis_url: str  # "redis://127.0.0.1:36379/0"
+    prometheus_url: str = ""  # "http://127.0.0.1:39090"
 
 
 def _select(only: Sequence[str] | None, settings: Settings | None) -> list[Service]:
@@ -70,6 +72,7 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         kafka_bootstrap=KafkaService(settings).address,
         postgres_dsn=PostgresService(settings).address,
         redis_url=RedisService(settings).address,
+        prometheus_url=PrometheusService(settings).address,
     )
 
 

@@ -21,6 +21,7 @@ class Settings:
     kafka_port: int = 39092
     postgres_port: int = 35432
     redis_port: int = 36379
+    prometheus_port: int = 39090
 
     @property
     def kafka_controller_port(self) -> int:
@@ -44,4 +45,5 @@ class Settings:
             kafka_port=int(env.get("MDSTREAM_KAFKA_PORT") or cls.kafka_port),
             postgres_port=int(env.get("MDSTREAM_POSTGRES_PORT") or cls.postgres_port),
             redis_port=int(env.get("MDSTREAM_REDIS_PORT") or cls.redis_port),
+            prometheus_port=int(env.get("MDSTREAM_PROMETHEUS_PORT") or cls.prometheus_port),
         )
