@@ -24,6 +24,7 @@ from mdstream.ops.throttle import (
     decide,
 )
 from mdstream.providers.fields import quote, trade
+from mdstream.services import Endpoints
 
 OPS = Path(__file__).resolve().parent.parent / "ops"
 RULES = OPS / "rules" / "mdstream.yml"
@@ -137,15 +138,16 @@ def test_every_metric_in_rules_and_dashboard_is_defined() -> None:
     assert not missing, f"rules/dashboard name metrics nobody exports: {missing}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool: apt-get install prometheus")
-def test_promtool_checks_and_unit_tests_pass() -> None:
-    check = subprocess.run(
-        ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True
-    )
+@pytest.mark.services
+def test_promtool_checks_and_unit_tests_pass(services: Endpoints) -> None:
+    """promtool comes with the Prometheus service's Debian package (installed by `services`)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "the prometheus service should have installed promtool"
+    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"SUCCESS: {len(rule_exprs())} rules found" in check.stdout
     tests = sorted((OPS / "tests").glob("*.yml"))
     run = subprocess.run(
-        ["promtool", "test", "rules", *map(str, tests)], capture_output=True, text=True
+        [promtool, "test", "rules", *map(str, tests)], capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr
