@@ -5,11 +5,11 @@ from __future__ import annotations
 import faust
 from faust.stores import STORES
 
-from mdstream.bus import ensure_topics
-from mdstream.contracts import ContractSet
-from mdstream.eos import EosApp, EosTableManager
+from mdstream.bus.eos import EosApp, EosTableManager
+from mdstream.bus.kafka import ensure_topics
+from mdstream.bus.registry import contract_ids
+from mdstream.core.contracts import ContractSet
 from mdstream.ops import worker as ops_worker
-from mdstream.registry import contract_ids
 from mdstream.settings import settings
 
 # faust-streaming 0.15 names its RocksDB store `rocksdb://` and runs it on rocksdict when the
@@ -62,7 +62,7 @@ app = MdstreamApp(
     TableManager=EosTableManager,
     # Table web views answer for any key from any worker: routed to the partition's owner.
     Router=ops_worker.KeyRouter,
-    autodiscover=["agents", "tables"],
+    autodiscover=["mdstream_agents", "mdstream_tables"],
     origin="mdstream",
 )
 

@@ -27,21 +27,21 @@ from typing import Any
 import pytest
 import yaml
 
-from mdstream.bus import read_all
-from mdstream.contracts import ALERT, DEAD_LETTER, NORMALIZED, ContractSet
+from mdstream.bus.kafka import read_all
+from mdstream.core.contracts import ALERT, DEAD_LETTER, NORMALIZED, ContractSet
+from mdstream.core.processor import RawMessage, recompute
+from mdstream.core.simulate import INSTRUMENTS, FeedSpec, generate
 from mdstream.ingest.batcher import BatchPolicy, RawBatcher
 from mdstream.ops.backpressure import Target, ThrottleController
 from mdstream.ops.lag import LagMonitor
 from mdstream.ops.server import OpsServer
 from mdstream.ops.throttle import ThrottleLimits
 from mdstream.ops.worker import key_partition
-from mdstream.processor import RawMessage, recompute
 from mdstream.providers.base import ProviderTick
 from mdstream.providers.fields import quote
 from mdstream.services import Endpoints
 from mdstream.services.config import Settings as ServiceSettings
 from mdstream.services.prometheus import PrometheusService, install_rules, set_targets
-from mdstream.simulate import INSTRUMENTS, FeedSpec, generate
 from tests.test_ops_unit import DASHBOARD, RULES, panel_exprs
 from tests.workers import Deployment, Worker, free_port
 

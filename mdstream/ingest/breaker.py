@@ -31,8 +31,8 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.asyncio import Redis
 
+from mdstream.core.quality.alerts import ALL_SOURCES, alert
 from mdstream.ops import metrics
-from mdstream.quality.alerts import ALL_SOURCES, alert
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
-from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.core.contracts import RAW_BATCH, ContractSet, DecodeError
 from mdstream.ops import metrics
 from mdstream.ops.health import HealthReport, ProgressTracker, assess
 from mdstream.ops.labels import reason_class
