@@ -50,9 +50,6 @@ COMMIT_SECONDS = Histogram(
     buckets=_COMMIT_BUCKETS,
 )
 COMMITS = Counter("mdstream_commits_total", "Offset commits (transaction commits under EOS)")
-TRANSACTION_ABORTS = Counter(
-    "mdstream_transaction_aborts_total", "Kafka transactions aborted", ["reason"]
-)
 TICK_COMMIT_SECONDS = Histogram(
     "mdstream_tick_commit_latency_seconds",
     "Raw message timestamp (ingest publish) → the commit of its processing",

@@ -64,9 +64,17 @@ class PrometheusSensor(Sensor):
         self.raw, self.normalized = topics.raw, topics.normalized
         self.alerts, self.dead_letter = topics.alerts, topics.dead_letter
         self._since_commit: list[float] = []  # Kafka timestamps of events handled since commit
+        self._ops_in: dict[TP, tuple[Any, Any]] = {}  # per partition: (messages, ticks) children
+        self._ops_out: dict[str, Any] = {}  # per topic: the messages-out child
+
+    def _partition_metrics(self, tp: TP) -> tuple[Any, Any]:
+        if tp not in self._ops_in:
+            labels = (tp.topic, str(tp.partition))
+            self._ops_in[tp] = (metrics.MESSAGES_IN.labels(*labels), metrics.TICKS_IN.labels(*labels))
+        return self._ops_in[tp]
 
     def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
-        metrics.MESSAGES_IN.labels(tp.topic, str(tp.partition)).inc()
+        self._partition_metrics(tp)[0].inc()
 
     def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> dict | None:
         message = event.message
@@ -80,7 +88,7 @@ class PrometheusSensor(Sensor):
             _, record = self.contracts.decode(value, expected=RAW_BATCH)
         except (DecodeError, Exception):  # the worker dead-letters it; nothing to count here
             return
-        metrics.TICKS_IN.labels(tp.topic, str(tp.partition)).inc(len(record.get("ticks") or ()))
+        self._partition_metrics(tp)[1].inc(len(record.get("ticks") or ()))
 
     def on_commit_initiated(self, consumer: Any) -> Any:
         return time.perf_counter()
@@ -97,7 +105,10 @@ class PrometheusSensor(Sensor):
     def on_send_initiated(
         self, producer: Any, topic: str, message: Any, keysize: int, valsize: int
     ) -> Any:
-        metrics.MESSAGES_OUT.labels(topic).inc()
+        out = self._ops_out.get(topic)
+        if out is None:
+            out = self._ops_out[topic] = metrics.MESSAGES_OUT.labels(topic)
+        out.inc()
         if topic in (self.normalized, self.alerts, self.dead_letter):
             self._count_output(topic, message.value)
         return (topic, time.perf_counter())
