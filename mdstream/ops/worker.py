@@ -70,7 +70,8 @@ class PrometheusSensor(Sensor):
     def _partition_metrics(self, tp: TP) -> tuple[Any, Any]:
         if tp not in self._ops_in:
             labels = (tp.topic, str(tp.partition))
-            self._ops_in[tp] = (metrics.MESSAGES_IN.labels(*labels), metrics.TICKS_IN.labels(*labels))
+            messages, ticks = metrics.MESSAGES_IN.labels(*labels), metrics.TICKS_IN.labels(*labels)
+            self._ops_in[tp] = (messages, ticks)
         return self._ops_in[tp]
 
     def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
