@@ -30,6 +30,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from mdstream.core.quality.alerts import ALL_SOURCES, alert
 from mdstream.ops import metrics
@@ -180,16 +181,21 @@ class RedisBreaker:
 
     async def _run(self, op: str) -> Outcome:
         c = self.config
-        raw = await self._script(
-            keys=[self.key],
-            args=[
-                op,
-                c.failure_threshold,
-                int(c.cooldown_s * 1000),
-                c.half_open_trials,
-                c.close_after,
-            ],
-        )
+        try:
+            raw = await self._script(
+                keys=[self.key],
+                args=[
+                    op,
+                    c.failure_threshold,
+                    int(c.cooldown_s * 1000),
+                    c.half_open_trials,
+                    c.close_after,
+                ],
+            )
+        except (RedisError, OSError):
+            metrics.STORE_UP.labels("redis").set(0)
+            raise
+        metrics.STORE_UP.labels("redis").set(1)
         state_name, transition, outage, allowed, failures = (
             v.decode() if isinstance(v, bytes) else v for v in raw
         )

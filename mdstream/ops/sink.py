@@ -24,13 +24,14 @@ class SinkOps:
 
     def report(self) -> HealthReport:
         now = time.monotonic()
-        snap = self.monitor.last
+        snap, timeout = self.monitor.last, 3 * self.probe_s + 5
+        fresh = snap is not None and now - snap.at <= timeout  # outage: unready, not dead
         return assess(
             now=now,
             broker_ok_at=self.monitor.last_ok_at,
-            broker_timeout_s=3 * self.probe_s + 5,
+            broker_timeout_s=timeout,
             assigned=True,
-            stalled=self.progress.stalled(snap.lag, None, now) if snap else [],
+            stalled=self.progress.stalled(snap.lag, None, now) if fresh and snap else [],
         )
 
     async def run(self) -> None:

@@ -187,11 +187,14 @@ class WorkerOps:
         assigned = (
             owned is not None and not self.app.rebalancing and (gate is None or gate.is_set())
         )
-        stalled = self.progress.stalled(snap.lag, owned, now) if snap else []
+        timeout = 3 * self.probe_s + 5
+        # Stalled is judged on a fresh view only: a broker outage makes us unready, not dead.
+        fresh = snap is not None and now - snap.at <= timeout
+        stalled = self.progress.stalled(snap.lag, owned, now) if fresh and snap else []
         return assess(
             now=now,
             broker_ok_at=self.monitor.last_ok_at if self.monitor else None,
-            broker_timeout_s=3 * self.probe_s + 5,
+            broker_timeout_s=timeout,
             assigned=assigned,
             stalled=stalled,
         )
