@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from mdstream.core.contracts import DEAD_LETTER, RAW_BATCH, ContractSet
 from mdstream.ops import metrics
+from mdstream.ops.labels import reason_class
 from mdstream.ops.throttle import Actions, coalesce
 from mdstream.providers.base import FrameError, ProviderTick
 
@@ -117,7 +118,7 @@ class RawBatcher:
         }
         value = self._contracts.encode(DEAD_LETTER, record)
         self._produce(self.dead_letter_topic, value, error.provider.encode(), None)
-        metrics.INGEST_DEAD_LETTERS.labels(error.provider).inc()
+        metrics.DEAD_LETTERS.labels("ingest", error.provider, reason_class(error.reason)).inc()
 
     def _flush(self, key: tuple[str, str]) -> None:
         timer = self._timers.pop(key, None)

@@ -74,7 +74,9 @@ READY = Gauge("mdstream_process_ready", "1 while /readyz answers 200", ["kind", 
 # ---- pipeline outputs ---------------------------------------------------------------------------
 BARS = Counter("mdstream_bars_total", "Normalized bars emitted", ["interval"])
 DEAD_LETTERS = Counter(
-    "mdstream_dead_letters_total", "Dead letters written, by stage and reason", ["stage", "reason"]
+    "mdstream_dead_letters_total",
+    "Dead letters written (ingest and worker), by stage, source (provider) and reason",
+    ["stage", "source", "reason"],
 )
 ALERTS = Counter(
     "mdstream_alerts_total",
@@ -116,9 +118,6 @@ PUBLISHED_TICKS = Counter(
 )
 PUBLISH_ERRORS = Counter(
     "mdstream_ingest_publish_errors_total", "Messages Kafka did not acknowledge", ["provider"]
-)
-INGEST_DEAD_LETTERS = Counter(
-    "mdstream_ingest_dead_letters_total", "Dead letters written by ingestion", ["provider"]
 )
 INGEST_LATENCY = Histogram(
     "mdstream_ingest_latency_seconds",

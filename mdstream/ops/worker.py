@@ -131,7 +131,10 @@ class PrometheusSensor(Sensor):
         elif topic == self.alerts:
             metrics.ALERTS.labels(record["alert_type"], record["severity"], record["status"]).inc()
         elif topic == self.dead_letter:
-            metrics.DEAD_LETTERS.labels(record["stage"], reason_class(record["reason"])).inc()
+            source = record.get("source") or ""
+            metrics.DEAD_LETTERS.labels(
+                record["stage"], source, reason_class(record["reason"])
+            ).inc()
 
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
         metrics.SEND_ERRORS.labels(state[0] if state else "?").inc()
