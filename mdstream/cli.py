@@ -16,6 +16,8 @@ _COMMAND_MODULES = [
     "mdstream.backfill",
     "mdstream.split_scan",
     "mdstream.quality.cli",
+    "mdstream.storage.archive",
+    "mdstream.storage.replay",
 ]
 
 
