@@ -18,6 +18,7 @@ _COMMAND_MODULES = [
     "mdstream.quality.cli",
     "mdstream.storage.archive",
     "mdstream.storage.replay",
+    "mdstream.storage.lifecycle",
 ]
 
 

@@ -22,8 +22,9 @@ from mdstream.corporate_actions import AdjustmentMode, ForwardAdjustment, adjust
 from mdstream.instruments import UnknownInstrument
 from mdstream.normalise import datetime_to_ns
 from mdstream.settings import settings
-from mdstream.storage.bars import read_bars
+from mdstream.storage.bars import bar_bounds, read_bars
 from mdstream.storage.corporate_actions import read_factor_table
+from mdstream.storage.lifecycle import read_tiered_bars
 from mdstream.storage.postgres import create_pool
 
 __all__ = ["ADJUSTMENTS", "bars", "bars_async", "forward_adjustment_async", "instrument_keys"]
@@ -55,7 +56,9 @@ async def bars_async(
         raise ValueError(f"adjustment must be one of {sorted(ADJUSTMENTS)}, got {adjustment!r}")
     mode = ADJUSTMENTS[adjustment]
     keys = instrument_keys(symbol, end)
-    raw = await read_bars(conn, keys, freq, start, end, exchange_tz=exchange_tz)
+    hot = await read_bars(conn, keys, freq, start, end, exchange_tz=exchange_tz)
+    lo, hi = bar_bounds(start, end, exchange_tz)
+    raw = await read_tiered_bars(conn, keys, freq, lo, hi, hot, exchange_tz=exchange_tz)
     if mode is AdjustmentMode.RAW:
         return raw
     factors = await read_factor_table(conn, keys)
@@ -110,7 +113,8 @@ def bars(
     schema: str | None = None,
     exchange_tz: str = "America/New_York",
 ) -> pl.DataFrame:
-    """Bars of ``symbol`` at ``freq`` (1s, 1m, 1h, 1d) from PostgreSQL, oldest first.
+    """Bars of ``symbol`` at ``freq`` (1s, 1m, 1h, 1d), oldest first, from every tier: the
+    PostgreSQL partitions and the Parquet objects the lifecycle moved to S3 (one frame).
 
     ``start``/``end``: dates select sessions start..end inclusive (exchange-local dates);
     aware datetimes select ``window_start`` in [start, end). ``adjustment``: raw, split,

@@ -36,9 +36,14 @@ def default_dsn() -> str:
 
 def all_migrations() -> tuple[Migration, ...]:
     """Every module's migrations, in the order they must run (append new modules at the end)."""
-    from mdstream.storage import bar_sink, bars, corporate_actions
+    from mdstream.storage import bar_sink, bars, corporate_actions, lifecycle
 
-    return (*corporate_actions.MIGRATIONS, *bars.MIGRATIONS, *bar_sink.MIGRATIONS)
+    return (
+        *corporate_actions.MIGRATIONS,
+        *bars.MIGRATIONS,
+        *bar_sink.MIGRATIONS,
+        *lifecycle.MIGRATIONS,
+    )
 
 
 def _check_schema(schema: str) -> str:
