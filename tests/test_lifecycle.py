@@ -27,7 +27,7 @@ def test_plan_drops_past_retention_and_moves_past_seven_days() -> None:
     drop, move = plan("1s", parts, NOW)
     assert set(drop) == {f"p{i}" for i in range(30, 40)}
     assert set(move) == {f"p{i}" for i in range(7, 30)}
-    assert RETENTION["1d"] >= timedelta(days=3650) and WARM_AFTER == 7 * day
+    assert RETENTION["1d"] >= timedelta(days=3650) and timedelta(days=7) == WARM_AFTER
 
 
 def _row(symbol: str, start: datetime, width: timedelta, price: float) -> tuple:
@@ -59,8 +59,8 @@ def _generate() -> dict[str, list[tuple]]:
 
 @pytest.mark.services
 async def test_lifecycle_keeps_what_retention_allows_and_history_reads_across_tiers(
-    pg,
-    services: Endpoints,  # noqa: F811
+    pg,  # noqa: F811
+    services: Endpoints,
 ) -> None:
     pool, schema = pg
     store = ObjectStore()
