@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 import asyncpg
 import faust
 
-from mdstream.announcements import applied_event_record, decode_announcement
 from mdstream.app import (
     announcements_topic,
     app,
@@ -29,10 +28,11 @@ from mdstream.app import (
     corporate_actions_topic,
     dead_letter_topic,
 )
-from mdstream.contracts import CORPORATE_ACTION, DEAD_LETTER, DecodeError
-from mdstream.corporate_actions import CorporateActionError
-from mdstream.eos import process_exactly_once
-from mdstream.processor import dead_letter
+from mdstream.bus.eos import process_exactly_once
+from mdstream.core.contracts import CORPORATE_ACTION, DEAD_LETTER, DecodeError
+from mdstream.core.corporate_actions import CorporateActionError
+from mdstream.core.corporate_actions.announcements import applied_event_record, decode_announcement
+from mdstream.core.processor import dead_letter
 from mdstream.settings import settings
 from mdstream.storage.corporate_actions import record_announcement
 from mdstream.storage.postgres import create_pool

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import faust
+from mdstream_tables.state import consensus, pipeline_state
 
 from mdstream.app import (
     alerts_topic,
@@ -16,11 +17,10 @@ from mdstream.app import (
     raw_topic,
     severity_alert_topics,
 )
-from mdstream.contracts import ALERT, CONSENSUS, DEAD_LETTER, NORMALIZED
-from mdstream.eos import process_exactly_once
-from mdstream.processor import handle_raw_message
+from mdstream.bus.eos import process_exactly_once
+from mdstream.core.contracts import ALERT, CONSENSUS, DEAD_LETTER, NORMALIZED
+from mdstream.core.processor import handle_raw_message
 from mdstream.settings import settings
-from tables.state import consensus, pipeline_state
 
 
 async def _handle(event: faust.EventT) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mdstream.bus import ensure_topics
+from mdstream.bus.kafka import ensure_topics
 from mdstream.ingest.backfill import Job, KafkaOutput, Progress, TargetTopics, run_backfill
 from mdstream.ingest.files import DatabentoFileSource, TableFileSource
 from mdstream.services import ensure_up

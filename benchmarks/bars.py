@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks import spy_bars
-from mdstream.bars import accumulate, close_due, trade_bars
+from mdstream.core.bars import accumulate, close_due, trade_bars
 
 
 def _best(fn, repeat: int) -> float:

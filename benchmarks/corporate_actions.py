@@ -28,14 +28,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
-from mdstream import history
-from mdstream.corporate_actions import (
+from mdstream.core.corporate_actions import (
     ActionKind,
     AdjustmentMode,
     CorporateAction,
     adjust,
     compute_factors,
 )
+from mdstream.storage import history
 from mdstream.storage.bars import write_bars
 from mdstream.storage.corporate_actions import record_announcements
 from mdstream.storage.postgres import create_pool, drop_schema

@@ -30,8 +30,8 @@ from emulators.alpaca import AlpacaEmulator
 from emulators.core import Emulator
 from emulators.finnhub import FinnhubEmulator
 from emulators.polygon import PolygonEmulator
-from mdstream.bus import ensure_topics
-from mdstream.contracts import ContractSet
+from mdstream.bus.kafka import ensure_topics
+from mdstream.core.contracts import ContractSet
 from mdstream.ingest.alpaca import AlpacaFeed
 from mdstream.ingest.batcher import BatchPolicy, RawBatcher
 from mdstream.ingest.connection import FeedProtocol, WebSocketFeed

@@ -44,14 +44,14 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from mdstream.bus import committed_consumer, ensure_topics, publish, read_all
-from mdstream.contracts import NORMALIZED, ContractSet, DecodeError
-from mdstream.processor import RawMessage, recompute
+from mdstream.bus.kafka import committed_consumer, ensure_topics, publish, read_all
+from mdstream.core.contracts import NORMALIZED, ContractSet, DecodeError
+from mdstream.core.processor import RawMessage, recompute
+from mdstream.core.simulate import FeedMessage, FeedSpec, generate
 from mdstream.services import Settings as ServiceSettings
 from mdstream.services import ensure_up
 from mdstream.services.kafka import KafkaService
 from mdstream.settings import Settings, Topics, deployment_env
-from mdstream.simulate import FeedMessage, FeedSpec, generate
 
 FAUST = str(Path(sys.executable).parent / "faust")
 PY_SPY = str(Path(sys.executable).parent / "py-spy")

@@ -4,7 +4,7 @@ P99 validation latency < 100 ms), in process, no Kafka.
     python -m benchmarks.quality [--seconds N] [--rate-scale X ...] [--model PATH]
 
 The generated feed (faults included) is replayed through `process_batch`; the hard rules
-(`mdstream.validation.validate`, levels 1-2) and the quality step (`assess_batch`: semantic,
+(`mdstream.core.validation.validate`, levels 1-2) and the quality step (`assess_batch`: semantic,
 cross-source, temporal, statistical checks, scores, alerts, reliability) are timed per batch
 with `perf_counter_ns`, and the whole step alongside for scale. The first 5 % of batches are a
 warm-up and not counted. A script that prints numbers, not a test: the machine is shared.
@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from mdstream import processor
-from mdstream.processor import PipelineConfig, process_batch
-from mdstream.quality import assess
-from mdstream.simulate import FeedSpec, generate
+from mdstream.core import processor
+from mdstream.core.config import PipelineConfig
+from mdstream.core.processor import process_batch
+from mdstream.core.quality import assess
+from mdstream.core.simulate import FeedSpec, generate
 
 
 def _timed(fn: Callable[..., Any], sink: list[int], step: list[int]) -> Callable[..., Any]:

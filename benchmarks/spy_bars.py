@@ -16,9 +16,9 @@ from pathlib import Path
 
 import polars as pl
 
-from mdstream.bars import roll_up, session_bars, trade_bars, vendor_like_eligibility
-from mdstream.instruments import regular_sessions
-from mdstream.normalise import LEAN_TICKS, Convention, normalise
+from mdstream.core.bars import roll_up, session_bars, trade_bars, vendor_like_eligibility
+from mdstream.core.instruments import regular_sessions
+from mdstream.core.normalise import LEAN_TICKS, Convention, normalise
 
 NEW_YORK = "America/New_York"
 DAYS = tuple(dt.date(2013, 10, d) for d in range(7, 12))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import faust
 from faust.stores import STORES
 
-from mdstream.bus import ensure_topics
-from mdstream.contracts import ContractSet
-from mdstream.eos import EosApp, EosTableManager
-from mdstream.registry import contract_ids
+from mdstream.bus.eos import EosApp, EosTableManager
+from mdstream.bus.kafka import ensure_topics
+from mdstream.bus.registry import contract_ids
+from mdstream.core.contracts import ContractSet
 from mdstream.settings import settings
 
 # faust-streaming 0.15 names its RocksDB store `rocksdb://` and runs it on rocksdict when the
@@ -59,7 +59,7 @@ app = MdstreamApp(
     consumer_auto_offset_reset="earliest",
     topic_disable_leader=True,
     TableManager=EosTableManager,
-    autodiscover=["agents", "tables"],
+    autodiscover=["mdstream_agents", "mdstream_tables"],
     origin="mdstream",
 )
 

@@ -7,11 +7,11 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdstream.bars import BarConventions
-from mdstream.instruments import REFERENCE_FILE, InstrumentMaster, load_master
-from mdstream.processor import PipelineConfig
-from mdstream.quality.alerts import SEVERITIES, severity_topic
-from mdstream.quality.config import NON_REGULAR_CONDITIONS, QualityConfig
+from mdstream.core.bars import BarConventions
+from mdstream.core.config import PipelineConfig
+from mdstream.core.instruments import REFERENCE_FILE, InstrumentMaster, load_master
+from mdstream.core.quality.alerts import SEVERITIES, severity_topic
+from mdstream.core.quality.config import NON_REGULAR_CONDITIONS, QualityConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

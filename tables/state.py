@@ -5,7 +5,8 @@ from __future__ import annotations
 from mdstream.app import app
 from mdstream.settings import settings
 
-#: Keyed by instrument symbol (plus one stream-clock key per partition): see mdstream.processor.
+#: Keyed by instrument symbol (plus one stream-clock key per partition):
+#: see mdstream.core.processor.
 pipeline_state = app.Table(
     "pipeline-state",
     default=None,

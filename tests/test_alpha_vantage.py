@@ -259,8 +259,8 @@ async def test_outage_opens_the_breaker(services):
 
 @pytest.mark.services
 async def test_backfill_intraday_month_into_raw_bars(services, tmp_path):
-    from mdstream.bus import decode_records, ensure_topics, read_all
-    from mdstream.contracts import RAW_BARS, ContractSet
+    from mdstream.bus.kafka import decode_records, ensure_topics, read_all
+    from mdstream.core.contracts import RAW_BARS, ContractSet
     from mdstream.ingest.backfill import Job, KafkaOutput, Progress, TargetTopics, run_backfill
 
     emu = AlphaVantageEmulator(per_minute=1000, per_day=1000)
@@ -324,8 +324,8 @@ async def test_backfill_command_against_the_emulator(services, tmp_path):
     import os
     import sys
 
-    from mdstream.bus import decode_records, read_all
-    from mdstream.contracts import RAW_BARS, ContractSet
+    from mdstream.bus.kafka import decode_records, read_all
+    from mdstream.core.contracts import RAW_BARS, ContractSet
 
     emu = AlphaVantageEmulator(api_key="k3y", per_minute=1000, per_day=1000)
     url = await emu.start()

@@ -8,15 +8,15 @@ from typing import Any
 import polars as pl
 import pytest
 
-from mdstream.announcements import (
+from mdstream.core.contracts import ANNOUNCEMENT, ContractSet, DecodeError
+from mdstream.core.corporate_actions import ActionKind, CorporateActionError, DecisionCode
+from mdstream.core.corporate_actions.announcements import (
     AppliedEvent,
     action_from_record,
     applied_event_record,
     decide_announcement,
     decode_announcement,
 )
-from mdstream.contracts import ANNOUNCEMENT, ContractSet, DecodeError
-from mdstream.corporate_actions import ActionKind, CorporateActionError, DecisionCode
 
 RECEIVED = datetime(2024, 1, 10, 12, tzinfo=UTC)
 CLOSES = pl.DataFrame({"date": [date(2024, 1, 2), date(2024, 1, 3)], "close": [50.0, 40.0]})

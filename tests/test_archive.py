@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from mdstream.bus import ensure_topics, publish, read_all
-from mdstream.contracts import ContractSet
-from mdstream.processor import PipelineConfig, RawMessage, recompute
+from mdstream.bus.kafka import ensure_topics, publish, read_all
+from mdstream.core.config import PipelineConfig
+from mdstream.core.contracts import ContractSet
+from mdstream.core.processor import RawMessage, recompute
+from mdstream.core.simulate import FeedSpec, generate
 from mdstream.services import Endpoints, Settings, ensure_up, stop_all
-from mdstream.simulate import FeedSpec, generate
 from mdstream.storage.archive import (
     ArchiveCorrupt,
     Archiver,

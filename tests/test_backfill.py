@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mdstream.bus import decode_records, ensure_topics, read_all
-from mdstream.contracts import DEAD_LETTER, RAW_BARS, RAW_BATCH, ContractSet
+from mdstream.bus.kafka import decode_records, ensure_topics, read_all
+from mdstream.core.contracts import DEAD_LETTER, RAW_BARS, RAW_BATCH, ContractSet
 from mdstream.ingest.backfill import (
     BackfillInterrupted,
     Job,

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdstream.bars import BarConventions, trade_bars
-from mdstream.contracts import NORMALIZED, ContractSet, load_schema_text
-from mdstream.processor import PipelineConfig, StepOutput, process_batch
+from mdstream.core.bars import BarConventions, trade_bars
+from mdstream.core.config import PipelineConfig
+from mdstream.core.contracts import NORMALIZED, ContractSet, load_schema_text
+from mdstream.core.processor import StepOutput, process_batch
 
 S = 1_000_000_000
 MS = 1_000_000

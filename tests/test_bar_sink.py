@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from mdstream.bus import ensure_topics
-from mdstream.contracts import NORMALIZED, ContractSet
+from mdstream.bus.kafka import ensure_topics
+from mdstream.core.contracts import NORMALIZED, ContractSet
 from mdstream.services import Endpoints
 from mdstream.storage.bar_sink import BarSink
 from tests.pg import pg  # noqa: F401  (fixture)

@@ -1,6 +1,6 @@
 """Event-time bars: the pure functions by hand, then a generated feed against a polars oracle.
 
-The oracle never uses `mdstream.bars`: it groups the raw trades of the generated feed with
+The oracle never uses `mdstream.core.bars`: it groups the raw trades of the generated feed with
 polars and derives which provider each window must come from, which windows must exist and when
 each must be emitted, from the feed alone.
 """
@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mdstream import processor
-from mdstream.bars import (
+from mdstream.core import processor
+from mdstream.core.bars import (
     CLOSE,
     COUNT,
     HIGH,
@@ -36,8 +36,8 @@ from mdstream.bars import (
     is_late,
     provider_rank,
 )
-from mdstream.contracts import RAW_BATCH, ContractSet
-from mdstream.processor import (
+from mdstream.core.contracts import RAW_BATCH, ContractSet
+from mdstream.core.processor import (
     MessageResult,
     PipelineConfig,
     RawMessage,
@@ -45,7 +45,7 @@ from mdstream.processor import (
     process_batch,
     recompute,
 )
-from mdstream.simulate import INSTRUMENTS, PROVIDERS, FeedSpec, generate
+from mdstream.core.simulate import INSTRUMENTS, PROVIDERS, FeedSpec, generate
 
 S = 1_000_000_000
 MS = 1_000_000

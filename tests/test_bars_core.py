@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdstream.bars import (
+from mdstream.core.bars import (
     BarConventions,
     accumulate,
     close_due,

@@ -8,9 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mdstream.bars import BarConventions, trade_bars
-from mdstream.normalise import DATABENTO, normalise
-from mdstream.processor import PipelineConfig, process_batch
+from mdstream.core.bars import BarConventions, trade_bars
+from mdstream.core.config import PipelineConfig
+from mdstream.core.normalise import DATABENTO, normalise
+from mdstream.core.processor import process_batch
 from tests.shared_data import shared_path
 
 pytestmark = pytest.mark.realdata

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from mdstream.bus import KafkaAlertPublisher, decode_records, ensure_topics, read_all
-from mdstream.contracts import ALERT, ContractSet
+from mdstream.bus.kafka import KafkaAlertPublisher, decode_records, ensure_topics, read_all
+from mdstream.core.contracts import ALERT, ContractSet
 from mdstream.ingest.breaker import (
     BreakerConfig,
     BreakerState,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdstream.consensus import Consensus, build_consensus, weighted_quantile
+from mdstream.core.consensus import Consensus, build_consensus, weighted_quantile
 
 AS_OF = 1_764_000_000_000_000_000
 

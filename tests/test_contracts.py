@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mdstream.contracts import (
+from mdstream.core.contracts import (
     ALERT,
     ANNOUNCEMENT,
     CONSENSUS,
@@ -29,7 +29,7 @@ from mdstream.contracts import (
     load_schema_text,
     local_schema_id,
 )
-from mdstream.simulate import FeedSpec, generate
+from mdstream.core.simulate import FeedSpec, generate
 
 NS = 1_764_000_000_123_456_789
 CS = ContractSet.load()

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mdstream.corporate_actions import (
+from mdstream.core.corporate_actions import (
     FACTOR_TABLE_SCHEMA,
     ActionKind,
     AdjustmentMode,
@@ -25,7 +25,7 @@ from mdstream.corporate_actions import (
     forward_factor,
     nearest_simple_ratio,
 )
-from mdstream.datasets import (
+from mdstream.ingest.datasets import (
     lean_factor_file_events,
     quandl_events,
     read_lean_daily,
@@ -150,7 +150,7 @@ def test_factor_rows_and_cumulative_table() -> None:
     # the dividend's reference is the last close before D4: D3's 50
     assert table.row(1, named=True)["reference_date"] == D3
     assert table.row(1, named=True)["reference_close"] == 50.0
-    cumulative = result.cumulative()
+    cumulative = cumulative_factors(result.table)
     assert cumulative.get_column("ex_date").to_list() == [D3, D4]
     assert cumulative.get_column("price_factor").to_list() == pytest.approx([0.49, 0.98])
     assert cumulative.get_column("split_factor").to_list() == pytest.approx([0.5, 1.0])

@@ -20,9 +20,9 @@ import asyncpg
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from mdstream.announcements import applied_event_record
-from mdstream.bus import ensure_topics, read_all
-from mdstream.contracts import ANNOUNCEMENT, CORPORATE_ACTION, ContractSet
+from mdstream.bus.kafka import ensure_topics, read_all
+from mdstream.core.contracts import ANNOUNCEMENT, CORPORATE_ACTION, ContractSet
+from mdstream.core.corporate_actions.announcements import applied_event_record
 from mdstream.services import Endpoints
 from mdstream.storage import bars as bar_store
 from mdstream.storage.corporate_actions import outcome_from_row

@@ -7,8 +7,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from mdstream.corporate_actions import ActionKind
-from mdstream.datasets import (
+from mdstream.core.corporate_actions import ActionKind
+from mdstream.ingest.datasets import (
     lean_factor_file_events,
     quandl_events,
     read_lean_daily,

@@ -16,14 +16,14 @@ import polars as pl
 import pytest
 
 from emulators.alpaca import AlpacaEmulator
-from mdstream import bars as barlib
-from mdstream.contracts import ContractSet
-from mdstream.history import bars_async
+from mdstream.core import bars as barlib
+from mdstream.core.contracts import ContractSet
 from mdstream.ingest.alpaca import AlpacaFeed
 from mdstream.ingest.batcher import RawBatcher
 from mdstream.ingest.connection import Backoff, WebSocketFeed
 from mdstream.services import Endpoints
 from mdstream.storage.bar_sink import BarSink
+from mdstream.storage.history import bars_async
 from tests.pg import pg  # noqa: F401  (fixture)
 from tests.workers import Deployment
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mdstream.contracts import NORMALIZED, RAW_BATCH, ContractSet
-from mdstream.instruments import load_master
-from mdstream.processor import (
+from mdstream.core.contracts import NORMALIZED, RAW_BATCH, ContractSet
+from mdstream.core.instruments import load_master
+from mdstream.core.processor import (
     PipelineConfig,
     RawMessage,
     StepOutput,
@@ -21,7 +21,7 @@ from mdstream.processor import (
     process_batch,
     recompute,
 )
-from mdstream.simulate import FeedSpec, generate
+from mdstream.core.simulate import FeedSpec, generate
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from mdstream.bus import read_all
-from mdstream.contracts import ALERT, DEAD_LETTER, NORMALIZED, RAW_BATCH, ContractSet
-from mdstream.processor import PipelineConfig, RawMessage, recompute
+from mdstream.bus.kafka import read_all
+from mdstream.core.config import PipelineConfig
+from mdstream.core.contracts import ALERT, DEAD_LETTER, NORMALIZED, RAW_BATCH, ContractSet
+from mdstream.core.processor import RawMessage, recompute
+from mdstream.core.simulate import FeedSpec, generate
 from mdstream.services import Endpoints
-from mdstream.simulate import FeedSpec, generate
 from tests.workers import Deployment, FeedThread, Worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 
 from emulators.alpaca import AlpacaEmulator
 from emulators.polygon import PolygonEmulator
-from mdstream.bus import ensure_topics, read_all
-from mdstream.contracts import RAW_BATCH, ContractSet
+from mdstream.bus.kafka import ensure_topics, read_all
+from mdstream.core.contracts import RAW_BATCH, ContractSet
 from mdstream.ingest.alpaca import AlpacaFeed
 from mdstream.ingest.batcher import RawBatcher
 from mdstream.ingest.breaker import BreakerConfig, RedisBreaker

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdstream.failover_policy import (
+from mdstream.core.failover_policy import (
     Health,
     InstrumentState,
     ServeCache,

@@ -10,11 +10,11 @@ import asyncpg
 import polars as pl
 import pytest
 
-from mdstream import history
-from mdstream.corporate_actions import AdjustmentMode, adjust, compute_factors
-from mdstream.datasets import lean_factor_file_events, read_lean_daily, read_lean_factor_file
+from mdstream.core.corporate_actions import AdjustmentMode, adjust, compute_factors
+from mdstream.ingest.datasets import lean_factor_file_events, read_lean_daily, read_lean_factor_file
 from mdstream.services import Endpoints
 from mdstream.storage import bars as bar_store
+from mdstream.storage import history
 from mdstream.storage.corporate_actions import record_announcements
 from tests.pg import pg  # noqa: F401  (fixture)
 from tests.shared_data import shared_path

@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from emulators.alpaca import AlpacaEmulator
-from mdstream.bus import read_all
-from mdstream.contracts import RAW_BATCH, ContractSet
+from mdstream.bus.kafka import read_all
+from mdstream.core.contracts import RAW_BATCH, ContractSet
 from mdstream.ingest.credentials import MissingCredential, read_secret
 from mdstream.services import Endpoints
 from mdstream.settings import Topics

@@ -26,8 +26,8 @@ from emulators.alpaca import AlpacaEmulator
 from emulators.core import Emulator, Faults, SentTick
 from emulators.finnhub import FinnhubEmulator
 from emulators.polygon import PolygonEmulator
-from mdstream.bus import ensure_topics, read_all
-from mdstream.contracts import DEAD_LETTER, RAW_BATCH, ContractSet
+from mdstream.bus.kafka import ensure_topics, read_all
+from mdstream.core.contracts import DEAD_LETTER, RAW_BATCH, ContractSet
 from mdstream.ingest.alpaca import AlpacaBars, AlpacaFeed
 from mdstream.ingest.batcher import BatchPolicy, RawBatcher
 from mdstream.ingest.connection import Backoff, FatalFeedError, FeedProtocol, WebSocketFeed

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from mdstream.instruments import (
+from mdstream.core.instruments import (
     CLOSED,
     POST,
     PRE,
@@ -23,7 +23,7 @@ from mdstream.instruments import (
     parse_reference_csv,
     regular_sessions,
 )
-from mdstream.simulate import INSTRUMENTS
+from mdstream.core.simulate import INSTRUMENTS
 from tests.shared_data import shared_path
 
 NS = 1_000_000_000

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from mdstream.cli import main
-from mdstream.instruments import (
+from mdstream.core.instruments import (
     Instrument,
     InstrumentMaster,
     SymbolPeriod,

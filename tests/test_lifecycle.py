@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pytest
 
-from mdstream import history
-from mdstream.corporate_actions import CorporateAction
+from mdstream.core.corporate_actions import CorporateAction
 from mdstream.services import Endpoints
 from mdstream.storage import bars as bar_store
+from mdstream.storage import history
 from mdstream.storage.corporate_actions import record_announcements
 from mdstream.storage.lifecycle import RETENTION, WARM_AFTER, hot_partitions, plan, run_lifecycle
 from mdstream.storage.objectstore import ObjectStore

@@ -9,8 +9,8 @@ import zipfile
 import polars as pl
 import pytest
 
-from mdstream.instruments import load_master
-from mdstream.normalise import (
+from mdstream.core.instruments import load_master
+from mdstream.core.normalise import (
     ALPACA,
     ALPHA_VANTAGE,
     DATABENTO,

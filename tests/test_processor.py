@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from mdstream import bars as barlib
-from mdstream import processor
-from mdstream.batch import tick_event_id
-from mdstream.contracts import ALERT, RAW_BATCH, ContractSet
-from mdstream.processor import (
+from mdstream.core import bars as barlib
+from mdstream.core import processor
+from mdstream.core.batch import tick_event_id
+from mdstream.core.contracts import ALERT, RAW_BATCH, ContractSet
+from mdstream.core.processor import (
     PipelineConfig,
     RawMessage,
     StagedWrites,
@@ -29,7 +29,7 @@ from mdstream.processor import (
     process_batch,
     recompute,
 )
-from mdstream.simulate import INSTRUMENTS, PROVIDERS, FeedSpec, generate
+from mdstream.core.simulate import INSTRUMENTS, PROVIDERS, FeedSpec, generate
 
 S = 1_000_000_000
 MS = 1_000_000

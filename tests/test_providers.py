@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mdstream.contracts import RAW_BATCH, ContractSet
+from mdstream.core.contracts import RAW_BATCH, ContractSet
 from mdstream.providers import alpaca, finnhub, polygon
 from mdstream.providers.base import ParseResult
 

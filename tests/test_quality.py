@@ -14,14 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdstream.batch import expand_batch, tick_event_id
-from mdstream.consensus import weighted_quantile, weighted_quantiles
-from mdstream.contracts import RAW_BATCH, RAW_EVENT, ContractSet
+from mdstream.core.batch import expand_batch, tick_event_id
+from mdstream.core.config import PipelineConfig
+from mdstream.core.consensus import weighted_quantile, weighted_quantiles
+from mdstream.core.contracts import RAW_BATCH, RAW_EVENT, ContractSet
+from mdstream.core.processor import RawMessage, StepOutput, process_batch, recompute
+from mdstream.core.quality import alerts as alertlib
+from mdstream.core.quality import checks, reliability, score
+from mdstream.core.quality.assess import fresh_consensus
 from mdstream.ingest.breaker import source_unavailable_alert
-from mdstream.processor import PipelineConfig, RawMessage, StepOutput, process_batch, recompute
-from mdstream.quality import alerts as alertlib
-from mdstream.quality import checks, reliability, score
-from mdstream.quality.assess import fresh_consensus
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -398,7 +399,7 @@ def test_an_unreliable_provider_weighs_less_in_the_consensus() -> None:
 
 
 def _replay(feed: Any, cfg: PipelineConfig = CFG) -> tuple[StepOutput, list[Any]]:
-    from mdstream.simulate import generate
+    from mdstream.core.simulate import generate
 
     messages = list(generate(feed))
     raw = [
@@ -434,7 +435,7 @@ def injected_fat_fingers(messages: Sequence[Any]) -> set[tuple[str, int]]:
 
 
 def test_every_injected_fault_is_caught() -> None:
-    from mdstream.simulate import INSTRUMENTS, FeedSpec
+    from mdstream.core.simulate import INSTRUMENTS, FeedSpec
 
     feed = FeedSpec(duration_s=40, bad_tick_rate=0.003, garbage_message_rate=0.002, seed=5,
                     instruments=INSTRUMENTS[:3])  # fmt: skip
@@ -458,7 +459,7 @@ def test_every_injected_fault_is_caught() -> None:
 
 
 def test_no_alert_on_a_long_clean_feed() -> None:
-    from mdstream.simulate import INSTRUMENTS, PROVIDERS, FeedSpec
+    from mdstream.core.simulate import INSTRUMENTS, PROVIDERS, FeedSpec
 
     clean = FeedSpec(
         duration_s=60, bad_tick_rate=0, garbage_message_rate=0, seed=9,
@@ -528,8 +529,8 @@ def test_a_level_shift_seen_by_a_second_provider_is_accepted_at_once() -> None:
 
 
 def test_every_bar_traces_back_to_exactly_the_raw_events_that_made_it() -> None:
-    from mdstream.quality.lineage import trace
-    from mdstream.simulate import INSTRUMENTS, FeedSpec, generate
+    from mdstream.core.quality.lineage import trace
+    from mdstream.core.simulate import INSTRUMENTS, FeedSpec, generate
 
     feed = FeedSpec(duration_s=6, bad_tick_rate=0.01, garbage_message_rate=0.01, seed=3,
                     instruments=INSTRUMENTS[:2])  # fmt: skip

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
-from mdstream.instruments import REFERENCE_FILE, load_master
-from mdstream.processor import PipelineConfig, StepOutput, process_batch
-from mdstream.quality import reliability
-from mdstream.quality.checks import Check, names
-from mdstream.quality.model import features, load_model, model_version, save, train
+from mdstream.core.config import PipelineConfig
+from mdstream.core.instruments import REFERENCE_FILE, load_master
+from mdstream.core.processor import StepOutput, process_batch
+from mdstream.core.quality import reliability
+from mdstream.core.quality.checks import Check, names
+from mdstream.core.quality.model import features, load_model, model_version, save, train
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -8,14 +8,18 @@ from datetime import date
 import polars as pl
 import pytest
 
-from mdstream.datasets import (
+from mdstream.core.config import PipelineConfig
+from mdstream.core.quality.measure import (
+    daily_close_consensus,
+    daily_config,
+    suspicious_flag_agreement,
+)
+from mdstream.ingest.datasets import (
     read_lean_daily,
     read_lean_trade_ticks,
     read_quandl_archive,
     read_yahoo_csv,
 )
-from mdstream.processor import PipelineConfig
-from mdstream.quality.measure import daily_close_consensus, daily_config, suspicious_flag_agreement
 from tests.shared_data import shared_path
 
 pytestmark = pytest.mark.realdata

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from mdstream.bus import publish, read_all
-from mdstream.contracts import ALERT, CONSENSUS, NORMALIZED, ContractSet
-from mdstream.processor import RawMessage, recompute
-from mdstream.quality.reliability import sla_by_provider
+from mdstream.bus.kafka import publish, read_all
+from mdstream.core.contracts import ALERT, CONSENSUS, NORMALIZED, ContractSet
+from mdstream.core.processor import RawMessage, recompute
+from mdstream.core.quality.reliability import sla_by_provider
+from mdstream.core.simulate import INSTRUMENTS, FeedSpec, generate
 from mdstream.services import Endpoints
-from mdstream.simulate import INSTRUMENTS, FeedSpec, generate
 from tests.workers import Deployment
 
 pytestmark = pytest.mark.services

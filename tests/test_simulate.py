@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mdstream.simulate import INSTRUMENTS, PROVIDERS, FeedMessage, FeedSpec, generate
+from mdstream.core.simulate import INSTRUMENTS, PROVIDERS, FeedMessage, FeedSpec, generate
 
 S = 1_000_000_000
 SMALL = FeedSpec(duration_s=5, instruments=INSTRUMENTS[:3], garbage_message_rate=0.01)

@@ -9,12 +9,12 @@ from datetime import date, datetime, time, timedelta
 
 import pytest
 
-from mdstream.bus import read_all
-from mdstream.contracts import ContractSet
-from mdstream.datasets import read_lean_daily
+from mdstream.bus.kafka import read_all
+from mdstream.cli.split_scan import scan
+from mdstream.core.contracts import ContractSet
+from mdstream.ingest.datasets import read_lean_daily
 from mdstream.services import Endpoints
 from mdstream.settings import Settings
-from mdstream.split_scan import scan
 from mdstream.storage import bars as bar_store
 from tests.pg import pg  # noqa: F401  (fixture)
 from tests.shared_data import shared_path

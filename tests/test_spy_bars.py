@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from benchmarks import spy_bars
-from mdstream.bars import roll_up, trade_bars
+from mdstream.core.bars import roll_up, trade_bars
 from tests.shared_data import shared_path
 
 pytestmark = pytest.mark.realdata

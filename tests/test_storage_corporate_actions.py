@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 import pytest
 
-from mdstream.corporate_actions import (
+from mdstream.core.corporate_actions import (
     ActionKind,
     AdjustmentMode,
     CorporateAction,
@@ -23,7 +23,8 @@ from mdstream.storage.corporate_actions import (
     read_factor_table,
     record_announcement,
 )
-from mdstream.storage.postgres import all_migrations, create_pool, drop_schema, migrate
+from mdstream.storage.migrations import all_migrations
+from mdstream.storage.postgres import create_pool, drop_schema, migrate
 from tests.pg import pg  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.services

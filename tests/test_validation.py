@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdstream.batch import TickColumns
-from mdstream.validation import ValidationRules, validate
+from mdstream.core.batch import TickColumns
+from mdstream.core.validation import ValidationRules, validate
 
 S = 1_000_000_000
 PUBLISHED = 1_764_000_000 * S

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from mdstream.bus import committed_consumer, ensure_topics, publish
-from mdstream.contracts import RAW_BATCH, ContractSet
+from mdstream.bus.kafka import committed_consumer, ensure_topics, publish
+from mdstream.core.contracts import RAW_BATCH, ContractSet
+from mdstream.core.simulate import FeedSpec, generate
 from mdstream.settings import Settings, deployment_env
-from mdstream.simulate import FeedSpec, generate
 
 FAUST = str(Path(sys.executable).parent / "faust")
 

@@ -48,10 +48,10 @@ from typing import Any, Protocol, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from mdstream.contracts import DEAD_LETTER, RAW_BARS, RAW_BATCH, ContractSet
+from mdstream.core.contracts import DEAD_LETTER, RAW_BARS, RAW_BATCH, ContractSet
+from mdstream.core.normalise import datetime_to_ns
+from mdstream.core.processor import dead_letter
 from mdstream.ingest.protocols import HistoricalSource
-from mdstream.normalise import datetime_to_ns
-from mdstream.processor import dead_letter
 from mdstream.providers.base import ParseResult
 
 ID_HEADER = "mdstream-backfill-id"

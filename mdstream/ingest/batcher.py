@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from mdstream.contracts import DEAD_LETTER, RAW_BATCH, ContractSet
+from mdstream.core.contracts import DEAD_LETTER, RAW_BATCH, ContractSet
 from mdstream.ingest import metrics
 from mdstream.providers.base import FrameError, ProviderTick
 

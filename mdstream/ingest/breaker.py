@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from redis.asyncio import Redis
 
-from mdstream.quality.alerts import ALL_SOURCES, alert
+from mdstream.core.quality.alerts import ALL_SOURCES, alert
 
 log = logging.getLogger(__name__)
 

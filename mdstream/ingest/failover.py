@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from mdstream.failover_policy import (
+from mdstream.core.failover_policy import (
     Action,
     Health,
     InstrumentState,

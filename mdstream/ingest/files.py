@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mdstream.normalise import datetime_to_ns
+from mdstream.core.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 from mdstream.providers.databento import parse_dbn
 from mdstream.providers.tabular import ColumnMap, frame_bars, frame_ticks, timestamps_ns

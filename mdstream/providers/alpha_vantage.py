@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mdstream.normalise import datetime_to_ns
+from mdstream.core.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 from mdstream.providers.fields import trade as trade_tick
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import databento_dbn as dbn
 
-from mdstream.batch import QUOTE, TRADE
+from mdstream.core.batch import QUOTE, TRADE
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 
 PROVIDER = "databento"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mdstream.batch import QUOTE, TRADE
+from mdstream.core.batch import QUOTE, TRADE
 from mdstream.providers.base import ProviderBar
 
 # Sanity bounds: anything outside is an absurd value, not a market price/size/time.

@@ -20,7 +20,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mdstream.normalise import datetime_to_ns
+from mdstream.core.normalise import datetime_to_ns
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 from mdstream.providers.fields import quote as quote_tick
 from mdstream.providers.fields import trade as trade_tick

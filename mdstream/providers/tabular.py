@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 
 import polars as pl
 
-from mdstream.batch import QUOTE, TRADE
+from mdstream.core.batch import QUOTE, TRADE
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar, ProviderTick
 
 _UNIT_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}

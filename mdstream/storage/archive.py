@@ -50,8 +50,8 @@ import numpy as np
 import polars as pl
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from mdstream.batch import TickColumns
-from mdstream.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.core.batch import TickColumns
+from mdstream.core.contracts import RAW_BATCH, ContractSet, DecodeError
 from mdstream.storage.objectstore import ObjectExists, ObjectStore, StoreUnavailable
 
 __all__ = [
@@ -402,12 +402,15 @@ class Archiver:
             last_kafka_ms=msgs[-1].timestamp_ms,
             written_at=datetime.now(UTC).isoformat(),
         )
-        self._retry(
-            "put manifest",
-            self.store.put_new,
-            manifest_key(topic, partition, buf.start),
-            json.dumps(asdict(manifest)).encode(),
-        )
+        mkey = manifest_key(topic, partition, buf.start)
+        try:
+            self._retry(
+                "put manifest", self.store.put_new, mkey, json.dumps(asdict(manifest)).encode()
+            )
+        except ObjectExists:  # our own put, whose answer the store lost as it went down
+            stored = Manifest.parse(mkey, self._retry("read manifest", self.store.get, mkey))
+            if asdict(stored) | {"written_at": ""} != asdict(manifest) | {"written_at": ""}:
+                raise ArchiveCorrupt(f"{mkey} exists and describes another flush") from None
         self._consumer.commit(offsets=[TopicPartition(topic, partition, end)], asynchronous=False)
         self._buffers[(topic, partition)] = _Buffer(end)
         self.stats.objects += 1

@@ -1,7 +1,7 @@
 """The bar sink: NormalizedMarketDataEvent bars from Kafka into PostgreSQL, exactly once.
 
 Not a faust agent, on purpose: the normalized topic is written by transactional producers, so
-its offsets have gaps (commit markers), and the EOS stream of `mdstream.eos` processes a
+its offsets have gaps (commit markers), and the EOS stream of `mdstream.bus.eos` processes a
 partition strictly offset by offset (a gap means "faust skipped a message, fetch again"): an
 agent there would stall at the first marker. A sink into a database does not need Kafka
 transactions anyway; it needs its position stored *with* its writes:
@@ -32,40 +32,13 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from mdstream.contracts import NORMALIZED, ContractSet, DecodeError
+from mdstream.core.contracts import NORMALIZED, ContractSet, DecodeError
 from mdstream.storage.bars import bar_row, write_bars
-from mdstream.storage.postgres import Migration, create_pool
+from mdstream.storage.postgres import create_pool
 
-__all__ = ["MIGRATIONS", "BarSink", "SinkStats", "register"]
+__all__ = ["BarSink", "SinkStats", "register"]
 
 log = logging.getLogger(__name__)
-
-MIGRATIONS = (
-    Migration(
-        "bar_sink/001",
-        """
-        CREATE TABLE sink_offsets (
-            consumer    text NOT NULL,
-            topic       text NOT NULL,
-            partition   integer NOT NULL,
-            next_offset bigint NOT NULL,
-            updated_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-            PRIMARY KEY (consumer, topic, partition)
-        );
-        CREATE TABLE sink_dead_letters (
-            topic       text NOT NULL,
-            partition   integer NOT NULL,
-            "offset"    bigint NOT NULL,
-            consumer    text NOT NULL,
-            reason      text NOT NULL,
-            key         bytea,
-            payload     bytea NOT NULL,
-            recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-            PRIMARY KEY (topic, partition, "offset")
-        );
-        """,
-    ),
-)
 
 
 @dataclass

@@ -10,7 +10,7 @@ database before the first migration, the same tables become hypertables (chunked
 Writes go through binary COPY into a temporary table, then one INSERT .. ON CONFLICT: a bar
 already stored is replaced only by a higher ``revision`` (a correction); the same or a lower one
 changes nothing, so replays are harmless. Raw prices only: adjustment happens on read
-(:mod:`mdstream.history`).
+(:mod:`mdstream.storage.history`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import polars as pl
 
-from mdstream.storage.postgres import Migration
+from mdstream.storage.migrations import FREQUENCIES
 
 __all__ = [
     "BAR_COLUMNS",
     "FREQUENCIES",
-    "MIGRATIONS",
     "bar_bounds",
     "bar_row",
     "ensure_partitions",
@@ -38,10 +37,6 @@ __all__ = [
     "read_daily_closes",
     "write_bars",
 ]
-
-#: Frequency → span of one partition (or TimescaleDB chunk).
-FREQUENCIES: dict[str, str] = {"1s": "day", "1m": "month", "1h": "year", "1d": "year"}
-_CHUNK = {"day": "1 day", "month": "1 month", "year": "1 year"}
 
 BAR_COLUMNS = (
     "instrument",
@@ -58,46 +53,6 @@ BAR_COLUMNS = (
     "event_id",
     "sources",
 )
-
-_BAR_TABLE = """(
-    instrument   text NOT NULL,
-    window_start timestamptz NOT NULL,
-    window_end   timestamptz NOT NULL,
-    open         double precision NOT NULL,
-    high         double precision NOT NULL,
-    low          double precision NOT NULL,
-    close        double precision NOT NULL,
-    volume       double precision NOT NULL,
-    vwap         double precision,
-    trade_count  bigint NOT NULL DEFAULT 0,
-    revision     integer NOT NULL DEFAULT 0,
-    event_id     text,
-    sources      text[] NOT NULL DEFAULT '{}',
-    written_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    PRIMARY KEY (instrument, window_start))"""
-
-
-def _bars_ddl() -> str:
-    """Hypertables when TimescaleDB is installed in the database, else partitioned tables."""
-    branches = "\n".join(
-        f"""
-    IF hyper THEN
-        CREATE TABLE bars_{freq} {_BAR_TABLE};
-        PERFORM create_hypertable('bars_{freq}', 'window_start',
-                                  chunk_time_interval => interval '{_CHUNK[span]}');
-    ELSE
-        CREATE TABLE bars_{freq} {_BAR_TABLE} PARTITION BY RANGE (window_start);
-    END IF;"""
-        for freq, span in FREQUENCIES.items()
-    )
-    return (
-        "DO $$\nDECLARE\n"
-        "    hyper boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb');\n"
-        f"BEGIN{branches}\nEND $$;"
-    )
-
-
-MIGRATIONS = (Migration("bars/001", _bars_ddl()),)
 
 
 def _table(freq: str) -> str:

@@ -27,19 +27,21 @@ from typing import Any
 import asyncpg
 import polars as pl
 
-from mdstream.announcements import AppliedEvent, decide_announcement, event_key
-from mdstream.corporate_actions import (
+from mdstream.core.corporate_actions import (
     FACTOR_TABLE_SCHEMA,
     ActionKind,
     CorporateAction,
     DecisionCode,
     DividendReference,
 )
+from mdstream.core.corporate_actions.announcements import (
+    AppliedEvent,
+    decide_announcement,
+    event_key,
+)
 from mdstream.storage.bars import read_daily_closes
-from mdstream.storage.postgres import Migration
 
 __all__ = [
-    "MIGRATIONS",
     "RecordedOutcome",
     "outcome_from_row",
     "read_audit",
@@ -47,73 +49,6 @@ __all__ = [
     "record_announcement",
     "record_announcements",
 ]
-
-MIGRATIONS = (
-    Migration(
-        "corporate_actions/001",
-        """
-        CREATE OR REPLACE FUNCTION mdstream_refuse_change() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN
-            RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
-                USING ERRCODE = 'insufficient_privilege';
-        END $$;
-
-        CREATE TABLE corporate_action_audit (
-            audit_key       text PRIMARY KEY,
-            announcement_id text,
-            event_key       text NOT NULL,
-            instrument_id   text NOT NULL,
-            symbol          text NOT NULL,
-            kind            text NOT NULL,
-            ex_date         date NOT NULL,
-            record_date     date,
-            ratio           double precision,
-            amount          double precision,
-            currency        text,
-            new_symbol      text,
-            source          text NOT NULL,
-            announced_at    timestamptz,
-            known_at        timestamptz NOT NULL,
-            outcome         text NOT NULL,
-            reason          text NOT NULL,
-            price_factor    double precision,
-            volume_factor   double precision,
-            reference_date  date,
-            reference_close double precision,
-            isin            text,
-            recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp()
-        );
-        CREATE INDEX corporate_action_audit_event ON corporate_action_audit (event_key, outcome);
-
-        CREATE TABLE adjustment_factors (
-            audit_key       text PRIMARY KEY REFERENCES corporate_action_audit (audit_key),
-            instrument_id   text NOT NULL,
-            symbol          text NOT NULL,
-            ex_date         date NOT NULL,
-            kind            text NOT NULL,
-            price_factor    double precision NOT NULL CHECK (price_factor > 0),
-            volume_factor   double precision NOT NULL CHECK (volume_factor > 0),
-            ratio           double precision,
-            distribution    double precision NOT NULL,
-            currency        text,
-            reference_date  date,
-            reference_close double precision,
-            source          text NOT NULL,
-            known_at        timestamptz NOT NULL,
-            recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp()
-        );
-        CREATE INDEX adjustment_factors_instrument ON adjustment_factors (instrument_id, known_at);
-
-        CREATE TRIGGER corporate_action_audit_append_only
-            BEFORE UPDATE OR DELETE OR TRUNCATE ON corporate_action_audit
-            FOR EACH STATEMENT EXECUTE FUNCTION mdstream_refuse_change();
-        CREATE TRIGGER adjustment_factors_append_only
-            BEFORE UPDATE OR DELETE OR TRUNCATE ON adjustment_factors
-            FOR EACH STATEMENT EXECUTE FUNCTION mdstream_refuse_change();
-        """,
-    ),
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 Loading is idempotent (upserts keyed by instrument id and by symbol period), so a worker can
 load the reference file at every start. Lookups answer "which instrument did this symbol mean at
-that date", as `mdstream.instruments.InstrumentMaster.resolve` does in memory.
+that date", as `mdstream.core.instruments.InstrumentMaster.resolve` does in memory.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 import asyncpg
 
-from mdstream.instruments import (
+from mdstream.core.instruments import (
     REFERENCE_FILE,
     Instrument,
     InstrumentMaster,

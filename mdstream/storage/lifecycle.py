@@ -37,10 +37,8 @@ import polars as pl
 
 from mdstream.storage.bars import _READ_SCHEMA, FREQUENCIES, partition_bounds
 from mdstream.storage.objectstore import ObjectExists, ObjectStore
-from mdstream.storage.postgres import Migration
 
 __all__ = [
-    "MIGRATIONS",
     "RETENTION",
     "WARM_AFTER",
     "LifecycleReport",
@@ -58,25 +56,6 @@ RETENTION: dict[str, timedelta] = {
 }
 WARM_AFTER = timedelta(days=7)
 
-MIGRATIONS = (
-    Migration(
-        "lifecycle/001",
-        """
-        CREATE TABLE bar_tiers (
-            freq            text NOT NULL,
-            partition_start timestamptz NOT NULL,
-            partition_end   timestamptz NOT NULL,
-            object_key      text NOT NULL,
-            rows            bigint NOT NULL,
-            min_start       timestamptz,
-            max_start       timestamptz,
-            moved_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
-            dropped_at      timestamptz,
-            PRIMARY KEY (freq, partition_start)
-        );
-        """,
-    ),
-)
 
 #: What a cold object keeps: every stored column readers or lineage use.
 _COLD_SCHEMA = {**_READ_SCHEMA, "event_id": pl.String(), "sources": pl.List(pl.String())}

@@ -1,6 +1,6 @@
 """PostgreSQL connections (asyncpg) and idempotent schema migrations applied at start.
 
-Each storage module declares its own :class:`Migration` tuple (named ``<module>/<nnn>``, never
+The migrations live in :mod:`mdstream.storage.migrations` (named ``<area>/<nnn>``, never
 edited once released: a change is a new migration); :func:`migrate` applies the ones not yet
 recorded in ``schema_migrations``, in order, under an advisory lock, so any number of processes
 may start at once. A pool may be confined to one schema (``search_path``), which is how tests get
@@ -12,38 +12,20 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import asyncpg
 
 from mdstream.services import endpoints
+from mdstream.storage.migrations import Migration, all_migrations
 
 #: Any fixed number: every migrating process takes this transaction-level advisory lock.
 _MIGRATION_LOCK = 0x6D647374  # "mdst"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    name: str
-    sql: str
-
-
 def default_dsn() -> str:
     """``MDSTREAM_POSTGRES_DSN`` if set, else the local PostgreSQL of ``mdstream services``."""
     return os.environ.get("MDSTREAM_POSTGRES_DSN") or endpoints().postgres_dsn
-
-
-def all_migrations() -> tuple[Migration, ...]:
-    """Every module's migrations, in the order they must run (append new modules at the end)."""
-    from mdstream.storage import bar_sink, bars, corporate_actions, lifecycle
-
-    return (
-        *corporate_actions.MIGRATIONS,
-        *bars.MIGRATIONS,
-        *bar_sink.MIGRATIONS,
-        *lifecycle.MIGRATIONS,
-    )
 
 
 def _check_schema(schema: str) -> str:

@@ -27,9 +27,9 @@ from datetime import datetime
 import polars as pl
 from confluent_kafka import Producer
 
-from mdstream.contracts import ContractSet
-from mdstream.normalise import datetime_to_ns
-from mdstream.processor import RawMessage, recompute
+from mdstream.core.contracts import ContractSet
+from mdstream.core.normalise import datetime_to_ns
+from mdstream.core.processor import RawMessage, recompute
 from mdstream.storage.archive import ArchiveCorrupt, Manifest, read_manifests
 from mdstream.storage.objectstore import ObjectStore
 
