@@ -19,6 +19,7 @@ _COMMAND_MODULES = [
     "mdstream.storage.archive",
     "mdstream.storage.replay",
     "mdstream.storage.lifecycle",
+    "mdstream.storage.backup",
 ]
 
 
