@@ -140,14 +140,18 @@ class Manifest:
 # ---- pure helpers ---------------------------------------------------------------------------
 
 
-def decoded_view(value: bytes, contracts: ContractSet) -> dict[str, Any]:
-    """The analytic columns of one raw message (the only place that knows the raw format)."""
+_TICK_FIELDS = {"tick_ts": "ts", "is_trade": "is_trade", "price": "price", "volume": "volume",
+                "bid": "bid", "ask": "ask"}  # fmt: skip
+
+
+def decoded_view(value: bytes, contracts: ContractSet) -> tuple[dict[str, Any], TickColumns | None]:
+    """The analytic columns of one raw message (the only place that knows the raw format):
+    its scalars, and its ticks as columns (None when the bytes are no raw batch)."""
     try:
         _, record = contracts.decode(value, RAW_BATCH)
         cols = TickColumns.from_record(record)
     except (DecodeError, KeyError, TypeError, ValueError) as exc:
-        return {"decode_error": str(exc)}
-    nan_to_none = lambda a: [None if np.isnan(x) else float(x) for x in a]  # noqa: E731
+        return {"decode_error": str(exc)}, None
     return {
         "decode_error": None,
         "batch_id": cols.batch_id,
@@ -157,29 +161,45 @@ def decoded_view(value: bytes, contracts: ContractSet) -> dict[str, Any]:
         "n_ticks": len(cols),
         "first_tick_ns": int(cols.ts.min()) if len(cols) else None,
         "last_tick_ns": int(cols.ts.max()) if len(cols) else None,
-        "tick_ts": cols.ts.tolist(),
-        "is_trade": cols.is_trade.tolist(),
-        "price": nan_to_none(cols.price),
-        "volume": nan_to_none(cols.volume),
-        "bid": nan_to_none(cols.bid),
-        "ask": nan_to_none(cols.ask),
-    }
+    }, cols
 
 
 def frame(messages: Sequence[ArchiveMessage], contracts: ContractSet) -> pl.DataFrame:
-    rows = [
+    """One row per message; the tick lists are built from flat arrays in one vectorised pass
+    (missing prices/sizes/bids/asks, NaN in the columns, become nulls)."""
+    scalars: dict[str, list[Any]] = {
+        name: [] for name in ARCHIVE_SCHEMA if name not in _TICK_FIELDS
+    }
+    ticks: list[TickColumns] = []
+    rows: list[int] = []
+    for i, m in enumerate(messages):
+        view, cols = decoded_view(m.value, contracts)
+        row = {"topic": m.topic, "partition": m.partition, "offset": m.offset,
+               "kafka_timestamp_ms": m.timestamp_ms, "key": m.key, "value": m.value}  # fmt: skip
+        for name, values in scalars.items():
+            values.append(row[name] if name in row else view.get(name))
+        if cols is not None:
+            ticks.append(cols)
+            rows.append(i)
+    base = pl.DataFrame(
         {
-            "topic": m.topic,
-            "partition": m.partition,
-            "offset": m.offset,
-            "kafka_timestamp_ms": m.timestamp_ms,
-            "key": m.key,
-            "value": m.value,
-            **decoded_view(m.value, contracts),
+            name: pl.Series(name, values, dtype=ARCHIVE_SCHEMA[name])
+            for name, values in scalars.items()
         }
-        for m in messages
-    ]
-    return pl.DataFrame(rows, schema=ARCHIVE_SCHEMA)
+    ).with_row_index("_row")
+    lengths = np.array([len(t) for t in ticks], dtype=np.int64)
+    flat = pl.DataFrame(
+        {
+            "_row": np.repeat(np.array(rows, dtype=np.uint32), lengths),
+            **{
+                name: (np.concatenate([getattr(t, attr) for t in ticks]) if ticks else [])
+                for name, attr in _TICK_FIELDS.items()
+            },
+        },
+        schema={"_row": pl.UInt32(), **{n: ARCHIVE_SCHEMA[n].inner for n in _TICK_FIELDS}},
+    ).with_columns(pl.col("price", "volume", "bid", "ask").fill_nan(None))
+    lists = flat.group_by("_row", maintain_order=True).agg(pl.col(*_TICK_FIELDS))
+    return base.join(lists, on="_row", how="left").sort("_row").select(list(ARCHIVE_SCHEMA))
 
 
 def parquet_bytes(df: pl.DataFrame) -> bytes:
