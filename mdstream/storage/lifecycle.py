@@ -244,9 +244,12 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             await pool.close()
 
-    report = asyncio.run(main())
-    print(json.dumps(asdict(report)), file=sys.stdout)
-    return 0
+    while True:
+        report = asyncio.run(main())
+        print(json.dumps(asdict(report)), file=sys.stdout, flush=True)
+        if not args.every:
+            return 0
+        time.sleep(args.every)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -255,4 +258,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--now", default=None, help="ISO time to act as of (default: now)")
     parser.add_argument("--schema", default=None, help="PostgreSQL schema (default: search_path)")
+    parser.add_argument("--every", type=float, default=None, help="repeat every N seconds")
     parser.set_defaults(func=_run)
