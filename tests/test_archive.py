@@ -238,3 +238,43 @@ def test_corrupt_or_foreign_objects_are_clear_errors(services: Endpoints, store:
     store.delete(f"manifests/{topic}/0000/{chain[1].start:020d}.json")
     with pytest.raises(ArchiveCorrupt, match="gap"):
         Archiver(services.kafka_bootstrap, [topic], store).run(until_idle_s=0.5)
+
+
+class _Crash(BaseException):
+    """Stands for SIGKILL at one exact point (BaseException: nothing catches it)."""
+
+
+class _CrashingStore(ObjectStore):
+    """Dies on the first put of a key under ``prefix`` (after ``skip`` such puts)."""
+
+    def __init__(self, prefix: str, skip: int) -> None:
+        super().__init__()
+        self.prefix, self.skip = prefix, skip
+
+    def put_new(self, key: str, body: bytes, **kw: object) -> None:  # type: ignore[override]
+        if key.startswith(self.prefix):
+            if self.skip == 0:
+                raise _Crash(key)
+            self.skip -= 1
+        super().put_new(key, body, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("dies_before", ["raw/", "manifests/"])
+def test_a_flush_cut_short_is_redone_to_the_same_object(
+    services: Endpoints, store: ObjectStore, dies_before: str
+) -> None:
+    """Killed after the pending record (before the object) or after the object (before the
+    manifest), in a flush of a size the restart would not choose: it redoes that exact flush."""
+    topic = _topic(services, partitions=1)
+    feed = list(generate(FeedSpec(duration_s=2, seed=6)))
+    publish(services.kafka_bootstrap, topic, feed, CONTRACTS)
+    crashing = _CrashingStore(f"{dies_before}{topic}/", skip=1)
+    with pytest.raises(_Crash):
+        Archiver(services.kafka_bootstrap, [topic], crashing, max_messages=70).run(until_idle_s=2)
+    pending = list(store.keys(f"pending/{topic}/"))
+    assert len(pending) == 2  # the second flush was cut short
+    Archiver(services.kafka_bootstrap, [topic], store, max_messages=500).run(until_idle_s=1.5)
+    assert len(_check_exactly_once(store, topic, services.kafka_bootstrap)) == len(feed)
+    chain = read_manifests(store, topic)[0]
+    assert [m.end - m.start for m in chain[:2]] == [70, 70]  # the redone flush kept its size
