@@ -3,12 +3,18 @@
 - `IBHistoricalSource` (a backfill `HistoricalSource`): `reqHistoricalData` per chunk, paced by the
   IB limiter (no identical request within 15 s, ≤ 60 requests per 10 minutes; see
   `mdstream.ingest.ratelimit`), bars stamped in UTC (``formatDate=2``).
-- `IBMarketData` (a `StreamAdapter`): `reqMktData` snapshots turned into ticks on each
-  pending-tickers event; a trade repeated by later snapshots is sent once.
+- `IBMarketData` (a `StreamAdapter`): contracts qualified (IB's conId), then `reqMktData`
+  snapshots turned into ticks on each pending-tickers event; a trade repeated by later snapshots
+  is sent once; an unknown symbol is counted as an error and logged, the others go on.
 
 Connection settings: ``MDSTREAM_IB_HOST`` (127.0.0.1), ``MDSTREAM_IB_PORT`` (7497, paper TWS),
-``MDSTREAM_IB_CLIENT_ID`` (17). No TWS runs in the test environment: the parsing is tested on
-constructed ib_async objects, and this module only on what needs no connection.
+``MDSTREAM_IB_CLIENT_ID`` (17). Tested against `emulators/ib.py`, a TWS speaking the socket
+protocol, through the real ib_async client.
+
+A historical request that TWS refuses raises :class:`IBRequestError` (the backfill then stops
+with the chunk not done, so a rerun resumes it): ib_async would otherwise return no bars, and a
+refused chunk would pass for an empty one. A pacing violation (error 162) also blocks the
+endpoint in the limiter for IB's 15 s. "No data" for the period is an empty result, not an error.
 """
 
 from __future__ import annotations
@@ -35,6 +41,17 @@ HISTORICAL = {
     "1h": ("1 hour", "1 M", timedelta(days=28)),
     "1d": ("1 day", "1 Y", timedelta(days=365)),
 }
+
+
+PACING_PENALTY_S = 15.0
+
+
+class IBRequestError(RuntimeError):
+    """TWS refused a request: its error code and text."""
+
+    def __init__(self, code: int, message: str, request: str) -> None:
+        super().__init__(f"IB error {code} for {request}: {message}")
+        self.code = code
 
 
 def load_ib_async() -> Any:
@@ -86,6 +103,7 @@ class IBHistoricalSource:
         if self._ib is None:
             ib_async = load_ib_async()
             self._ib = ib_async.IB()
+            self._ib.RaiseRequestErrors = True  # a refused request raises, not returns []
         if not self._ib.isConnected():
             host, port, client_id = connection_settings()
             await self._ib.connectAsync(host, port, clientId=client_id)
@@ -98,18 +116,28 @@ class IBHistoricalSource:
         contract = load_ib_async().Stock(symbol, "SMART", "USD")
         end_text = ib_end_datetime(end)
         # The request key makes identical requests identical for the 15 s pacing rule.
-        await self.limiter.acquire(
+        request = (
             f"historical/{symbol}|{self.bar_size}|{self.duration}|{end_text}|{self.what_to_show}"
         )
-        bars = await ib.reqHistoricalDataAsync(
-            contract,
-            endDateTime=end_text,
-            durationStr=self.duration,
-            barSizeSetting=self.bar_size,
-            whatToShow=self.what_to_show,
-            useRTH=self.use_rth,
-            formatDate=2,
-        )
+        await self.limiter.acquire(request)
+        try:
+            bars = await ib.reqHistoricalDataAsync(
+                contract,
+                endDateTime=end_text,
+                durationStr=self.duration,
+                barSizeSetting=self.bar_size,
+                whatToShow=self.what_to_show,
+                useRTH=self.use_rth,
+                formatDate=2,
+            )
+        except load_ib_async().RequestError as exc:
+            text = str(getattr(exc, "message", exc))
+            if exc.code == 162 and "no data" in text.lower():
+                bars = []
+            else:
+                if exc.code == 162 and "pacing" in text.lower():
+                    self.limiter.retry_after(request, PACING_PENALTY_S)
+                raise IBRequestError(exc.code, text, request) from exc
         result = historical_bars(bars or [], symbol, self.bar_size)
         lo, hi = start.timestamp() * 1e9, end.timestamp() * 1e9
         result.bars = [b for b in result.bars if lo <= b.start_ns < hi]
@@ -193,9 +221,17 @@ class IBMarketData:
         if self._ib is None or not self._health.connected:
             return
         ib_async = load_ib_async()
-        for symbol in symbols:
-            if symbol not in self._tickers:
-                self._tickers[symbol] = self._ib.reqMktData(ib_async.Stock(symbol, "SMART", "USD"))
+        wanted = [s for s in symbols if s not in self._tickers]
+        # ib_async subscribes only qualified contracts (with IB's conId): look them up first.
+        contracts = await self._ib.qualifyContractsAsync(
+            *(ib_async.Stock(s, "SMART", "USD") for s in wanted)
+        )
+        for symbol, contract in zip(wanted, contracts, strict=True):
+            if contract is None:
+                self._health.errors += 1
+                log.warning("IB has no stock %s (SMART, USD): not subscribed", symbol)
+                continue
+            self._tickers[symbol] = self._ib.reqMktData(contract)
 
     async def unsubscribe(self, symbols: Iterable[str]) -> None:
         for symbol in symbols:
