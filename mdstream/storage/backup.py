@@ -14,7 +14,7 @@
   (``restore_command`` copies from the fetched WAL). Start it with the service manager on a
   port of your choice (the test does) or with ``pg_ctl``.
 
-Daily snapshots: run ``mdstream backup base`` once a day (cron, or the Procfile's schedule) and
+Daily snapshots: ``mdstream backup base --every 86400`` (the Procfile's ``base-backup``) and
 ``ship-wal --watch`` always. Cross-region copies are the bucket's replication (S3 CRR or the
 store's own), which this single machine cannot exercise.
 """
@@ -229,8 +229,12 @@ def _run_backup(args: argparse.Namespace) -> int:
                 break
             time.sleep(5)
     else:
-        backup = take_base_backup(service, store, cluster)
-        print(json.dumps(backup.__dict__))
+        while True:
+            backup = take_base_backup(service, store, cluster)
+            print(json.dumps(backup.__dict__), flush=True)
+            if not args.every:
+                break
+            time.sleep(args.every)
     return 0
 
 
@@ -247,6 +251,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     backup.add_argument("action", choices=["enable", "ship-wal", "base"])
     backup.add_argument("--cluster", default="mdstream", help="prefix of this cluster's backups")
     backup.add_argument("--watch", action="store_true", help="ship-wal: keep shipping")
+    backup.add_argument("--every", type=float, default=None, help="base: repeat every N seconds")
     backup.set_defaults(func=_run_backup)
     restore = subparsers.add_parser("restore", help="prepare a data dir recovered to a time")
     restore.add_argument("--time", required=True, help="ISO time with offset (recovery target)")
