@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +36,18 @@ from tests.pg import pg  # noqa: F401  (fixture)
 pytestmark = pytest.mark.services
 
 
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory the `postgres` user can reach. Not pytest's tmp_path: every pytest session
+    of root on the machine (other checkouts too) resets /tmp/pytest-of-root to 0700."""
+    path = Settings.from_env().run_dir / "scratch" / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,12 +63,12 @@ async def _rows(dsn: str) -> list[tuple]:
 
 
 async def test_restore_to_a_point_in_time_gives_the_tables_as_they_were(
-    services: Endpoints, tmp_path: Path
+    services: Endpoints, scratch: Path
 ) -> None:
     store = ObjectStore()
     cluster = f"test-{uuid.uuid4().hex[:8]}"
     source = PostgresService(
-        Settings(run_dir=tmp_path / "a", cache_dir=tmp_path, postgres_port=_free_port())
+        Settings(run_dir=scratch / "a", cache_dir=scratch, postgres_port=_free_port())
     )
     restored: PostgresService | None = None
     try:
@@ -94,7 +108,7 @@ async def test_restore_to_a_point_in_time_gives_the_tables_as_they_were(
 
         source.stop()  # the restore must not need the original server
         restored = PostgresService(
-            Settings(run_dir=tmp_path / "b", cache_dir=tmp_path, postgres_port=_free_port())
+            Settings(run_dir=scratch / "b", cache_dir=scratch, postgres_port=_free_port())
         )
         restored.home.mkdir(parents=True)
         got = prepare_restore(store, cluster, target, restored.data_dir)
@@ -104,7 +118,7 @@ async def test_restore_to_a_point_in_time_gives_the_tables_as_they_were(
         restored.wait_ready(time.monotonic() + 120)
         assert await _rows(restored.address) == expected
         with pytest.raises(RuntimeError, match="no base backup"):
-            prepare_restore(store, cluster, target - timedelta(days=1), tmp_path / "c")
+            prepare_restore(store, cluster, target - timedelta(days=1), scratch / "c")
     finally:
         for service in (source, restored):
             if service is not None:
@@ -126,13 +140,13 @@ def _row(n: int) -> tuple:
 
 async def test_a_full_disk_fails_bar_writes_loudly_and_they_resume_when_space_returns(
     pg,  # noqa: F811
-    tmp_path: Path,
+    scratch: Path,
 ) -> None:
     """The day's new partition lands on a tablespace on a 4 MB tmpfs (default_tablespace)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     pool, _ = pg
-    mount = tmp_path / "tiny"
+    mount = scratch / "tiny"
     if not _mount_tiny_tmpfs(mount, "4m"):
         pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN)")
     tablespace = f"tiny_{uuid.uuid4().hex[:8]}"
