@@ -234,10 +234,14 @@ def test_corrupt_or_foreign_objects_are_clear_errors(services: Endpoints, store:
     with pytest.raises(ArchiveCorrupt, match=f"{victim}.*altered"):
         list(iter_archive(store, topic))
 
-    # The archiver itself refuses to resume over a broken chain.
-    store.delete(f"manifests/{topic}/0000/{chain[1].start:020d}.json")
+    # The archiver itself refuses to resume over a broken chain, or a manifest that is none.
+    hole = f"manifests/{topic}/0000/{chain[1].start:020d}.json"
+    store.delete(hole)
     with pytest.raises(ArchiveCorrupt, match="gap"):
         Archiver(services.kafka_bootstrap, [topic], store).run(until_idle_s=0.5)
+    store.put_new(hole, b"{not json")
+    with pytest.raises(ArchiveCorrupt, match=f"manifest {hole} is not a manifest"):
+        list(iter_archive(store, topic))
 
 
 class _Crash(BaseException):

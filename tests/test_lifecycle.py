@@ -124,3 +124,33 @@ async def test_lifecycle_keeps_what_retention_allows_and_history_reads_across_ti
     expired_1d = [k for k in later.expired if "bars_1d" in k]
     assert [k.rsplit("/", 1)[1] for k in expired_1d] == ["20160101.parquet"]
     assert not store.exists(expired_1d[0])
+
+
+class _Crash(BaseException):
+    """Stands for a kill between the object's put and the PostgreSQL commit."""
+
+
+class _DiesAfterPut(ObjectStore):
+    def put_new(self, key: str, body: bytes, **kw: object) -> None:  # type: ignore[override]
+        super().put_new(key, body, **kw)  # type: ignore[arg-type]
+        raise _Crash(key)
+
+
+@pytest.mark.services
+async def test_a_move_cut_short_after_the_put_keeps_the_object_and_finishes(
+    pg,  # noqa: F811
+    services: Endpoints,
+) -> None:
+    pool, schema = pg
+    day = NOW - timedelta(days=10)
+    rows = [_row(s, day.replace(hour=15), timedelta(seconds=1), 10.0) for s in SYMBOLS]
+    async with pool.acquire() as conn:
+        await bar_store.write_bars(conn, "1s", rows)
+        with pytest.raises(_Crash):
+            await run_lifecycle(conn, _DiesAfterPut(), now=NOW, freqs=["1s"])
+        assert len(await hot_partitions(conn, "1s")) == 1  # nothing committed in PostgreSQL
+        report = await run_lifecycle(conn, ObjectStore(), now=NOW, freqs=["1s"])
+        assert report.rows_moved == len(rows) and await hot_partitions(conn, "1s") == []
+    got = history.bars("XYZ", day.date(), day.date(), "1s", dsn=services.postgres_dsn,
+                       schema=schema)  # fmt: skip
+    assert got["close"].to_list() == [10.0]
