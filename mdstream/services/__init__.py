@@ -1,4 +1,5 @@
-"""Real Kafka, PostgreSQL and Redis on loopback, started by the project itself (no Docker).
+"""Real Kafka, PostgreSQL, Redis and an S3 store (s3proxy) on loopback, started by the project
+itself (no Docker).
 
 `ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
 run dir serialises starts and stops, and a healthy service is left untouched.
@@ -17,6 +18,7 @@ from mdstream.services.config import Settings
 from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
 from mdstream.services.redis import RedisService
+from mdstream.services.s3proxy import S3ProxyService
 
 __all__ = [
     "SERVICE_NAMES",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 _SERVICES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaService, PostgresService, RedisService)
+    cls.name: cls for cls in (KafkaService, PostgresService, RedisService, S3ProxyService)
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
 
@@ -43,6 +45,7 @@ class Endpoints:
     kafka_bootstrap: str  # "127.0.0.1:39092"
     postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
     redis_url: str  # "redis://127.0.0.1:36379/0"
+    s3_endpoint: str  # "http://127.0.0.1:39000"
 
 
 def _select(only: Sequence[str] | None, settings: Settings | None) -> list[Service]:
@@ -70,6 +73,7 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         kafka_bootstrap=KafkaService(settings).address,
         postgres_dsn=PostgresService(settings).address,
         redis_url=RedisService(settings).address,
+        s3_endpoint=S3ProxyService(settings).address,
     )
 
 
