@@ -16,6 +16,10 @@ _COMMAND_MODULES = [
     "mdstream.cli.backfill",
     "mdstream.cli.split_scan",
     "mdstream.cli.quality",
+    "mdstream.storage.archive",
+    "mdstream.storage.replay",
+    "mdstream.storage.lifecycle",
+    "mdstream.storage.backup",
     "mdstream.ops.top",
 ]
 

@@ -1,4 +1,5 @@
-"""Real Kafka, PostgreSQL and Redis on loopback, started by the project itself (no Docker).
+"""Real Kafka, PostgreSQL, Redis and an S3 store (s3proxy) on loopback, started by the project
+itself (no Docker).
 
 `ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
 run dir serialises starts and stops, and a healthy service is left untouched.
@@ -18,6 +19,7 @@ from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
 from mdstream.services.prometheus import PrometheusService
 from mdstream.services.redis import RedisService
+from mdstream.services.s3proxy import S3ProxyService
 
 __all__ = [
     "SERVICE_NAMES",
@@ -32,7 +34,8 @@ __all__ = [
 ]
 
 _SERVICES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaService, PostgresService, RedisService, PrometheusService)
+    cls.name: cls
+    for cls in (KafkaService, PostgresService, RedisService, S3ProxyService, PrometheusService)
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
 
@@ -44,6 +47,7 @@ class Endpoints:
     kafka_bootstrap: str  # "127.0.0.1:39092"
     postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
     redis_url: str  # "redis://127.0.0.1:36379/0"
+    s3_endpoint: str  # "http://127.0.0.1:39000"
     prometheus_url: str = ""  # "http://127.0.0.1:39090"
 
 
@@ -72,6 +76,7 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         kafka_bootstrap=KafkaService(settings).address,
         postgres_dsn=PostgresService(settings).address,
         redis_url=RedisService(settings).address,
+        s3_endpoint=S3ProxyService(settings).address,
         prometheus_url=PrometheusService(settings).address,
     )
 

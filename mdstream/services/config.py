@@ -9,6 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_VERSION = "3.9.1"
+S3PROXY_VERSION = "2.6.0"
 HOST = "127.0.0.1"
 
 
@@ -21,6 +22,7 @@ class Settings:
     kafka_port: int = 39092
     postgres_port: int = 35432
     redis_port: int = 36379
+    s3_port: int = 39000
     prometheus_port: int = 39090
 
     @property
@@ -32,6 +34,11 @@ class Settings:
     def kafka_lib_dir(self) -> Path:
         """Jars are shared by every run dir: resolving them from Maven Central is the slow part."""
         return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "lib"
+
+    @property
+    def s3proxy_jar(self) -> Path:
+        """One self-contained jar from Maven Central, shared by every run dir like Kafka's."""
+        return self.cache_dir / f"s3proxy-{S3PROXY_VERSION}" / "s3proxy.jar"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -45,5 +52,6 @@ class Settings:
             kafka_port=int(env.get("MDSTREAM_KAFKA_PORT") or cls.kafka_port),
             postgres_port=int(env.get("MDSTREAM_POSTGRES_PORT") or cls.postgres_port),
             redis_port=int(env.get("MDSTREAM_REDIS_PORT") or cls.redis_port),
+            s3_port=int(env.get("MDSTREAM_S3_PORT") or cls.s3_port),
             prometheus_port=int(env.get("MDSTREAM_PROMETHEUS_PORT") or cls.prometheus_port),
         )

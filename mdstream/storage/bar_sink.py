@@ -36,6 +36,7 @@ from mdstream.core.contracts import NORMALIZED, ContractSet, DecodeError
 from mdstream.ops import metrics
 from mdstream.storage.bars import bar_row, write_bars
 from mdstream.storage.postgres import create_pool
+from mdstream.storage.quality_history import record_quality
 
 __all__ = ["BarSink", "SinkStats", "register"]
 
@@ -52,11 +53,13 @@ class SinkStats:
     by_freq: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def _parse_bar(contracts: ContractSet, msg: Message) -> tuple[str, tuple[Any, ...]] | str:
-    """(frequency, row) for a good bar, else the dead-letter reason."""
+def _parse_bar(
+    contracts: ContractSet, msg: Message
+) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
+    """(frequency, row, event) for a good bar, else the dead-letter reason."""
     try:
         _, record = contracts.decode(msg.value() or b"", expected=NORMALIZED)
-        return bar_row(record)
+        return (*bar_row(record), record)
     except (DecodeError, ValueError, KeyError, TypeError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -118,6 +121,7 @@ class BarSink:
             }
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
             rejects = []
+            events: list[dict[str, Any]] = []
             for partition, batch in by_partition.items():
                 for msg in batch:
                     if msg.offset() < stored.get(partition, 0):
@@ -130,8 +134,10 @@ class BarSink:
                              msg.value() or b"")
                         )  # fmt: skip
                         continue
-                    freq, row = parsed
+                    freq, row, event = parsed
                     rows[freq].append(row)
+                    events.append(event)
+            await record_quality(conn, events)  # the bars' quality history, same transaction
             for freq, freq_rows in rows.items():
                 self.stats.changed += await write_bars(conn, freq, freq_rows)
                 metrics.SINK_ROWS.labels("bars", f"bars_{freq}").inc(len(freq_rows))
