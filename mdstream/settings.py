@@ -106,6 +106,8 @@ class Settings:
     postgres_dsn: str | None = None
     #: Schema the storage agents use (None: the server's search_path); isolates tests.
     postgres_schema: str | None = None
+    #: Seconds without committed progress on a lagging owned partition before /healthz fails.
+    stall_s: float = 30.0
 
     @property
     def bootstrap(self) -> str:
@@ -153,6 +155,7 @@ class Settings:
             ),
             postgres_dsn=os.environ.get("MDSTREAM_POSTGRES_DSN") or None,
             postgres_schema=os.environ.get("MDSTREAM_POSTGRES_SCHEMA") or None,
+            stall_s=float(_env("STALL_S", "30")),
         )
 
 

@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "mdstream.storage.replay",
     "mdstream.storage.lifecycle",
     "mdstream.storage.backup",
+    "mdstream.ops.top",
 ]
 
 

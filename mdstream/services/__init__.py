@@ -17,6 +17,7 @@ from mdstream.services.base import Service, ServiceError, ServiceStatus, apt_ins
 from mdstream.services.config import Settings
 from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
+from mdstream.services.prometheus import PrometheusService
 from mdstream.services.redis import RedisService
 from mdstream.services.s3proxy import S3ProxyService
 
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 _SERVICES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaService, PostgresService, RedisService, S3ProxyService)
+    cls.name: cls
+    for cls in (KafkaService, PostgresService, RedisService, S3ProxyService, PrometheusService)
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
 
@@ -46,6 +48,7 @@ class Endpoints:
     postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
     redis_url: str  # "redis://127.0.0.1:36379/0"
     s3_endpoint: str  # "http://127.0.0.1:39000"
+    prometheus_url: str = ""  # "http://127.0.0.1:39090"
 
 
 def _select(only: Sequence[str] | None, settings: Settings | None) -> list[Service]:
@@ -74,6 +77,7 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         postgres_dsn=PostgresService(settings).address,
         redis_url=RedisService(settings).address,
         s3_endpoint=S3ProxyService(settings).address,
+        prometheus_url=PrometheusService(settings).address,
     )
 
 

@@ -37,7 +37,7 @@ class ServiceStatus:
         return self.state == "up"
 
     def line(self) -> str:
-        return f"{self.name:<9} {self.state:<9} {self.address:<48} pid={self.pid or '-'}"
+        return f"{self.name:<10} {self.state:<9} {self.address:<48} pid={self.pid or '-'}"
 
 
 def say(message: str) -> None:

@@ -23,6 +23,7 @@ class Settings:
     postgres_port: int = 35432
     redis_port: int = 36379
     s3_port: int = 39000
+    prometheus_port: int = 39090
 
     @property
     def kafka_controller_port(self) -> int:
@@ -52,4 +53,5 @@ class Settings:
             postgres_port=int(env.get("MDSTREAM_POSTGRES_PORT") or cls.postgres_port),
             redis_port=int(env.get("MDSTREAM_REDIS_PORT") or cls.redis_port),
             s3_port=int(env.get("MDSTREAM_S3_PORT") or cls.s3_port),
+            prometheus_port=int(env.get("MDSTREAM_PROMETHEUS_PORT") or cls.prometheus_port),
         )
