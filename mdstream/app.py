@@ -9,6 +9,7 @@ from mdstream.bus.eos import EosApp, EosTableManager
 from mdstream.bus.kafka import ensure_topics
 from mdstream.bus.registry import contract_ids
 from mdstream.core.contracts import ContractSet
+from mdstream.ops import worker as ops_worker
 from mdstream.settings import settings
 
 # faust-streaming 0.15 names its RocksDB store `rocksdb://` and runs it on rocksdict when the
@@ -59,6 +60,8 @@ app = MdstreamApp(
     consumer_auto_offset_reset="earliest",
     topic_disable_leader=True,
     TableManager=EosTableManager,
+    # Table web views answer for any key from any worker: routed to the partition's owner.
+    Router=ops_worker.KeyRouter,
     autodiscover=["mdstream_agents", "mdstream_tables"],
     origin="mdstream",
 )
@@ -83,3 +86,13 @@ severity_alert_topics = {
 consensus_topic = _topic(settings.topics.consensus)
 
 contracts = ContractSet.load(contract_ids(settings))
+
+#: Metrics (a faust Sensor), /metrics /healthz /readyz on the web port, the broker lag probe.
+ops = ops_worker.install(
+    app,
+    contracts,
+    settings.topics,
+    settings.bootstrap,
+    settings.app_id,
+    stall_s=settings.stall_s,
+)

@@ -121,6 +121,8 @@ class Settings:
     #: `mdstream serve`: the WebSocket feed and live page (loopback by default).
     serve_host: str = "127.0.0.1"
     serve_port: int = 8765
+    #: Seconds without committed progress on a lagging owned partition before /healthz fails.
+    stall_s: float = 30.0
 
     @property
     def bootstrap(self) -> str:
@@ -177,6 +179,7 @@ class Settings:
             mirror_instance=_env("MIRROR_INSTANCE", "0"),
             serve_host=_env("SERVE_HOST", "127.0.0.1"),
             serve_port=int(_env("SERVE_PORT", "8765")),
+            stall_s=float(_env("STALL_S", "30")),
         )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -30,6 +33,33 @@ def test_secret_from_env_or_file(tmp_path: Path) -> None:
         read_secret("X_KEY", {})
     with pytest.raises(MissingCredential, match="cannot be read"):
         read_secret("X_KEY", {"MDSTREAM_X_KEY_FILE": str(tmp_path / "missing")})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _probes_when_ready(port: int, timeout_s: float = 30) -> tuple[dict, str]:
+    """Poll /readyz until it answers 200; then the /metrics exposition."""
+
+    def get(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        status, body = await asyncio.to_thread(get, "/readyz")
+        if status == 200:
+            return json.loads(body), (await asyncio.to_thread(get, "/metrics"))[1].decode()
+        assert asyncio.get_running_loop().time() < deadline, f"never ready: {status} {body!r}"
+        await asyncio.sleep(0.2)
 
 
 @pytest.mark.services
@@ -60,13 +90,21 @@ async def test_ingest_command_streams_an_emulator_into_the_raw_topic(
             "--url",
             emu.ws_url,
             "--seconds",
-            "4",
+            "6",
+            "--metrics-port",
+            str(metrics_port := _free_port()),
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        probes = asyncio.create_task(_probes_when_ready(metrics_port))
         out, err = await asyncio.wait_for(proc.communicate(), 60)
+        ready, exposition = await probes
     assert proc.returncode == 0, err.decode()[-2000:]
+    # its probes: ready once connected and the broker answered the throttle's lag probe
+    assert set(ready["checks"].values()) == {"ok"} and "provider" in ready["checks"]
+    assert 'mdstream_ingest_connected{provider="alpaca"} 1.0' in exposition
+    assert 'mdstream_throttle_level{provider="alpaca"} 0.0' in exposition
     assert "alpaca:" in out.decode() and "0 reconnects" in out.decode()
     assert b"cli-key" not in err and b"cli-secret" not in err
     contracts = ContractSet.load()

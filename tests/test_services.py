@@ -77,7 +77,8 @@ def test_status_cli_reports_every_service_up(services: Endpoints) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["kafka", "up"], ["postgres", "up"], ["redis", "up"]
+        ["kafka", "up"], ["postgres", "up"], ["redis", "up"], ["s3proxy", "up"],
+        ["prometheus", "up"],
     ]  # fmt: skip
     assert services.kafka_bootstrap in lines[0] and services.postgres_dsn in lines[1]
 
@@ -152,7 +153,7 @@ def test_ports_listen_on_loopback_only(services: Endpoints) -> None:
     settings = Settings.from_env()
     loopback = "0100007F"  # 127.0.0.1, little-endian hex
     for port in (settings.kafka_port, settings.kafka_controller_port,
-                 settings.postgres_port, settings.redis_port):  # fmt: skip
+                 settings.postgres_port, settings.redis_port, settings.s3_port):  # fmt: skip
         assert _listeners(port) == {loopback}, (port, _listeners(port))
 
 
@@ -195,6 +196,8 @@ def test_crash_down_and_up_of_an_isolated_stack(tmp_path: Path) -> None:
         "MDSTREAM_KAFKA_PORT": str(_free_port_pair()),
         "MDSTREAM_POSTGRES_PORT": str(_free_port_pair()),
         "MDSTREAM_REDIS_PORT": str(_free_port_pair()),
+        "MDSTREAM_S3_PORT": str(_free_port_pair()),
+        "MDSTREAM_PROMETHEUS_PORT": str(_free_port_pair()),
     }
     settings = Settings.from_env(env)
     try:
@@ -213,11 +216,17 @@ def test_crash_down_and_up_of_an_isolated_stack(tmp_path: Path) -> None:
         second = _pids(settings)
         assert all(second[name] not in (None, first[name]) for name in first), (first, second)
 
-        assert sorted(stop_all(settings=settings)) == ["kafka", "postgres", "redis"]
+        assert sorted(stop_all(settings=settings)) == [
+            "kafka",
+            "postgres",
+            "prometheus",
+            "redis",
+            "s3proxy",
+        ]
         assert stop_all(settings=settings) == []  # already down: no-op
         down = _cli("status", env=env)
         assert down.returncode == 1
-        assert [line.split()[1] for line in down.stdout.splitlines()] == ["down"] * 3
+        assert [line.split()[1] for line in down.stdout.splitlines()] == ["down"] * 5
 
         ensure_up(settings=settings)  # a clean restart reuses the formatted storage and cluster
         assert all(s.up for s in status(settings=settings))

@@ -17,6 +17,11 @@ _COMMAND_MODULES = [
     "mdstream.cli.split_scan",
     "mdstream.cli.quality",
     "mdstream.cli.distribution",
+    "mdstream.storage.archive",
+    "mdstream.storage.replay",
+    "mdstream.storage.lifecycle",
+    "mdstream.storage.backup",
+    "mdstream.ops.top",
 ]
 
 

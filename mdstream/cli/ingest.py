@@ -15,9 +15,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
-from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from mdstream.bus.kafka import KafkaAlertPublisher, ensure_topics
@@ -29,6 +29,12 @@ from mdstream.ingest.connection import FatalFeedError, FeedProtocol, WebSocketFe
 from mdstream.ingest.credentials import MissingCredential
 from mdstream.ingest.finnhub import FinnhubFeed
 from mdstream.ingest.polygon import PolygonFeed
+from mdstream.ops import metrics
+from mdstream.ops.backpressure import Target, ThrottleController
+from mdstream.ops.health import HealthReport, assess
+from mdstream.ops.lag import LagMonitor
+from mdstream.ops.server import OpsServer
+from mdstream.ops.throttle import ThrottleLimits
 from mdstream.settings import Settings
 
 FEEDS = {"finnhub": FinnhubFeed, "alpaca": AlpacaFeed, "polygon": PolygonFeed}
@@ -43,7 +49,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seconds", type=float, help="stop after this long (default: run until ^C)")
     p.add_argument("--max-ticks", type=int, default=500, help="ticks per raw batch at most")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="batch delay bound")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port"
+    )
+    p.add_argument(
+        "--throttle-lag",
+        type=int,
+        default=int(os.environ.get("MDSTREAM_THROTTLE_LAG", "2000")),
+        help="workers' lag (raw messages) that engages throttling; ×5 pauses non-priority "
+        "providers; 0: never throttle (default: MDSTREAM_THROTTLE_LAG or 2000)",
+    )
     p.add_argument(
         "--redis-url",
         default=os.environ.get("MDSTREAM_REDIS_URL"),
@@ -84,10 +99,22 @@ async def ingest(args: argparse.Namespace, settings: Settings) -> tuple[WebSocke
         )
     feed = WebSocketFeed(protocol, batcher, breaker=breaker)
     await feed.subscribe(symbols)
+    monitor = LagMonitor(settings.bootstrap, settings.app_id, [topics.raw])
+    throttle = None
+    if args.throttle_lag > 0:
+        limits = ThrottleLimits(
+            lag_engage=args.throttle_lag,
+            lag_severe=5 * args.throttle_lag,
+            lag_release=args.throttle_lag // 4,
+        )
+        priority = args.provider == next(iter(settings.pipeline.provider_priority), args.provider)
+        throttle = ThrottleController(monitor, [Target(args.provider, priority, batcher)], limits)
+    server = _ops_server(args, feed, monitor)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(feed.stop()))
     task = asyncio.create_task(feed.run())
+    controller = asyncio.create_task(throttle.run()) if throttle else None
     try:
         if args.seconds is not None:
             with contextlib.suppress(TimeoutError):
@@ -95,16 +122,46 @@ async def ingest(args: argparse.Namespace, settings: Settings) -> tuple[WebSocke
             await feed.stop()
         await task
     finally:
+        if controller is not None:
+            controller.cancel()
         await batcher.close()
         if redis is not None:
             await redis.aclose()
+        if server is not None:
+            server.close()
+        monitor.close()
     return feed, batcher
+
+
+def _ops_server(
+    args: argparse.Namespace, feed: WebSocketFeed, monitor: LagMonitor
+) -> OpsServer | None:
+    """/metrics and the probes: live while the feed task runs, ready once connected and the
+    broker answers (the throttle's lag probe; without throttling, the feed alone)."""
+    if not args.metrics_port:
+        return None
+    name = f"{args.provider}:{args.metrics_port}"
+    metrics.UP.labels("ingest", name).set(1)
+
+    def report() -> HealthReport:
+        connected = bool(feed.health().connected)
+        ok_at = monitor.last_ok_at if args.throttle_lag > 0 else time.monotonic()
+        health = assess(
+            now=time.monotonic(),
+            broker_ok_at=ok_at,
+            broker_timeout_s=10.0,
+            assigned=True,
+            stalled=[],
+            extra={"provider": connected},
+        )
+        metrics.READY.labels("ingest", name).set(1 if health.ready else 0)
+        return health
+
+    return OpsServer(args.metrics_port, health=report)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr="127.0.0.1")
     try:
         feed, batcher = asyncio.run(ingest(args, Settings.from_env()))
     except (MissingCredential, FatalFeedError) as exc:

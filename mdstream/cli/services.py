@@ -1,7 +1,7 @@
 """`mdstream services up|down|status [--all | --only kafka,postgres,redis,pulsar,registry]`.
 
-Without `--all`/`--only`, `up` and `status` cover the core services (Kafka, PostgreSQL, Redis) and
-`down` stops every one that runs; `--all` adds Pulsar and the schema registry."""
+Without `--all`/`--only`, `up` and `status` cover the core services (all but Pulsar and the schema
+registry) and `down` stops every one that runs; `--all` adds Pulsar and the registry."""
 
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from mdstream.core.contracts import DEAD_LETTER, RAW_BATCH, ContractSet
-from mdstream.ingest import metrics
+from mdstream.ops import metrics
+from mdstream.ops.labels import reason_class
+from mdstream.ops.throttle import Actions, coalesce
 from mdstream.providers.base import FrameError, ProviderTick
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class RawBatcher:
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.delivery_errors = 0
         self.batches = 0
+        #: Set by the throttle controller (`mdstream.ops.backpressure`); unthrottled by default.
+        self.actions = Actions(coalesce_quotes=False, batch_scale=1, paused=False)
         # Delivery reports are served on this thread, so acknowledgements are timed when they
         # arrive, not when the event loop next gets round to polling.
         self._stop_polling = threading.Event()
@@ -82,14 +86,23 @@ class RawBatcher:
             self._producer.poll(0.05)
 
     async def submit(self, tick: ProviderTick) -> None:
+        actions = self.actions
+        if actions.paused:  # throttled: a non-priority provider while the workers lag
+            metrics.THROTTLED_TICKS.labels(tick.provider, "paused").inc()
+            return
         key = (tick.provider, tick.symbol)
         buffer = self._buffers.setdefault(key, [])
-        buffer.append(tick.tick)
-        if len(buffer) >= self.policy.max_ticks:
+        if actions.coalesce_quotes:
+            if coalesce(buffer, tick.tick):
+                metrics.THROTTLED_TICKS.labels(tick.provider, "coalesced").inc()
+        else:
+            buffer.append(tick.tick)
+        if len(buffer) >= self.policy.max_ticks * actions.batch_scale:
             self._flush(key)
         elif len(buffer) == 1:
             loop = asyncio.get_running_loop()
-            self._timers[key] = loop.call_later(self.policy.max_delay_s, self._flush, key)
+            delay = self.policy.max_delay_s * actions.batch_scale
+            self._timers[key] = loop.call_later(delay, self._flush, key)
 
     async def dead_letter(self, error: FrameError) -> None:
         record = {
@@ -105,7 +118,7 @@ class RawBatcher:
         }
         value = self._contracts.encode(DEAD_LETTER, record)
         self._produce(self.dead_letter_topic, value, error.provider.encode(), None)
-        metrics.DEAD_LETTERS.labels(error.provider).inc()
+        metrics.DEAD_LETTERS.labels("ingest", error.provider, reason_class(error.reason)).inc()
 
     def _flush(self, key: tuple[str, str]) -> None:
         timer = self._timers.pop(key, None)
@@ -131,7 +144,7 @@ class RawBatcher:
             partial(self._delivered, provider, symbol, stamps),
         )
         self.batches += 1
-        metrics.BATCHES.labels(provider).inc()
+        metrics.INGEST_BATCHES.labels(provider).inc()
 
     def _produce(
         self,
@@ -165,7 +178,7 @@ class RawBatcher:
         if provider is None:
             return
         acked = time.time_ns()
-        latency = metrics.LATENCY.labels(provider)
+        latency = metrics.INGEST_LATENCY.labels(provider)
         for stamp in stamps:
             latency.observe(max(0, acked - stamp) / 1e9)
         metrics.PUBLISHED_TICKS.labels(provider).inc(len(stamps))

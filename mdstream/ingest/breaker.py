@@ -28,10 +28,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from mdstream.core.quality.alerts import ALL_SOURCES, alert
+from mdstream.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +125,7 @@ _STATES = {
     "open": BreakerState.OPEN,
 }
 
-_gauges: dict[int, Gauge] = {}
-
-
-def breaker_gauge(registry: CollectorRegistry = REGISTRY) -> Gauge:
-    """The state gauge, created once per registry."""
-    if id(registry) not in _gauges:
-        _gauges[id(registry)] = Gauge(
-            "mdstream_breaker_state",
-            "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
-            ["provider"],
-            registry=registry,
-        )
-    return _gauges[id(registry)]
+breaker_gauge = metrics.breaker_state
 
 
 def source_unavailable_alert(
@@ -191,16 +181,21 @@ class RedisBreaker:
 
     async def _run(self, op: str) -> Outcome:
         c = self.config
-        raw = await self._script(
-            keys=[self.key],
-            args=[
-                op,
-                c.failure_threshold,
-                int(c.cooldown_s * 1000),
-                c.half_open_trials,
-                c.close_after,
-            ],
-        )
+        try:
+            raw = await self._script(
+                keys=[self.key],
+                args=[
+                    op,
+                    c.failure_threshold,
+                    int(c.cooldown_s * 1000),
+                    c.half_open_trials,
+                    c.close_after,
+                ],
+            )
+        except (RedisError, OSError):
+            metrics.STORE_UP.labels("redis").set(0)
+            raise
+        metrics.STORE_UP.labels("redis").set(1)
         state_name, transition, outage, allowed, failures = (
             v.decode() if isinstance(v, bytes) else v for v in raw
         )

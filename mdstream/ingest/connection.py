@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from mdstream.ingest import metrics
 from mdstream.ingest.credentials import redact, redact_text
 from mdstream.ingest.protocols import AlwaysClosed, Breaker, ConnectionHealth, TickSink
+from mdstream.ops import metrics
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class WebSocketFeed:
             self._health.errors += 1
             metrics.FRAME_ERRORS.labels(self.provider).inc()
             await self.sink.dead_letter(self._redacted_error(error))
-        metrics.BARS.labels(self.provider).inc(len(result.bars))
+        metrics.PROVIDER_BARS.labels(self.provider).inc(len(result.bars))
         if self.on_bar is not None:
             for bar in result.bars:
                 self.on_bar(bar)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from mdstream.core.failover_policy import (
     Action,
@@ -38,21 +38,9 @@ from mdstream.core.failover_policy import (
 from mdstream.ingest.breaker import BreakerState
 from mdstream.ingest.last_price import CachedPrice, LastPriceCache
 from mdstream.ingest.protocols import Breaker, StreamAdapter
+from mdstream.ops import metrics
 
 log = logging.getLogger(__name__)
-
-_gauges: dict[int, Gauge] = {}
-
-
-def _active_gauge(registry: CollectorRegistry) -> Gauge:
-    if id(registry) not in _gauges:
-        _gauges[id(registry)] = Gauge(
-            "mdstream_failover_on_cache",
-            "1 while an instrument is served from the last-price cache (no provider left)",
-            ["symbol"],
-            registry=registry,
-        )
-    return _gauges[id(registry)]
 
 
 @dataclass
@@ -88,7 +76,7 @@ class FailoverManager:
         self.cache = cache
         self.clock = clock
         self.states: dict[str, InstrumentState] = {s: InstrumentState() for s in config.orders}
-        self._on_cache = _active_gauge(registry)
+        self._on_cache = metrics.failover_on_cache(registry)
 
     def active(self, symbol: str) -> str | None:
         return self.states[symbol].active
@@ -133,8 +121,11 @@ class FailoverManager:
         hold_ns = int(self.config.hold_s * 1e9)
         actions: list[Action] = []
         for symbol, order in self.config.orders.items():
+            before = self.states[symbol].active
             state, acts = step(symbol, order, self.states[symbol], health, now, hold_ns)
             self.states[symbol] = state
+            if before is not None and state.active != before:
+                metrics.FAILOVERS.labels(symbol, before, state.active or "cache").inc()
             actions += acts
         await self._apply(actions, now)
         return actions

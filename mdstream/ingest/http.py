@@ -11,10 +11,10 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from mdstream.ingest import metrics
 from mdstream.ingest.credentials import redact_text
 from mdstream.ingest.protocols import Limiter
 from mdstream.ingest.ratelimit import parse_retry_after
+from mdstream.ops import metrics
 
 log = logging.getLogger(__name__)
 

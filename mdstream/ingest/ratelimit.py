@@ -37,6 +37,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from mdstream.ops import metrics
+
 ALL_ENDPOINTS = "*"
 
 
@@ -182,6 +184,7 @@ class TokenBucketLimiter:
                     self._last_identical[endpoint] = now
                     return
             self.waited_s += wait
+            metrics.RATE_LIMIT_WAIT_SECONDS.labels(self.provider).inc(wait)
             await self._sleep(wait)
 
     def retry_after(self, endpoint: str, seconds: float) -> None:

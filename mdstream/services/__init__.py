@@ -1,11 +1,11 @@
-"""Real Kafka, PostgreSQL, Redis, Pulsar and a schema registry on loopback, started by the project
-itself (no Docker).
+"""Real Kafka, PostgreSQL, Redis, an S3 store (s3proxy), Prometheus, Pulsar and a schema registry
+on loopback, started by the project itself (no Docker).
 
 `ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
 run dir serialises starts and stops, and a healthy service is left untouched. With no `only`,
-`ensure_up()` starts the core services (Kafka, PostgreSQL, Redis): Pulsar needs ~2 GB and the
-registry a Java 21 JVM, so tests and commands ask for them by name (`mdstream services up --all`
-starts all five). `status()` defaults to the core services too; `stop_all()` to every service.
+`ensure_up()` starts the core services (all but Pulsar and the registry): Pulsar needs ~2 GB and
+the registry a Java 21 JVM, so tests and commands ask for them by name (`mdstream services up
+--all` starts every one). `status()` defaults to the core services too; `stop_all()` to all.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from mdstream.services.base import Service, ServiceError, ServiceStatus, apt_ins
 from mdstream.services.config import Settings
 from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
+from mdstream.services.prometheus import PrometheusService
 from mdstream.services.pulsar import PulsarService
 from mdstream.services.redis import RedisService
+from mdstream.services.s3proxy import S3ProxyService
 
 __all__ = [
     "CORE_SERVICES",
@@ -39,11 +41,19 @@ __all__ = [
 
 _SERVICES: dict[str, type[Service]] = {
     cls.name: cls
-    for cls in (KafkaService, PostgresService, RedisService, PulsarService, ApicurioService)
+    for cls in (
+        KafkaService,
+        PostgresService,
+        RedisService,
+        S3ProxyService,
+        PrometheusService,
+        PulsarService,
+        ApicurioService,
+    )
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
 #: What `ensure_up()` starts when not told which.
-CORE_SERVICES: tuple[str, ...] = ("kafka", "postgres", "redis")
+CORE_SERVICES: tuple[str, ...] = tuple(n for n in SERVICE_NAMES if n not in ("pulsar", "registry"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class Endpoints:
     pulsar_url: str  # "pulsar://127.0.0.1:36650"
     pulsar_admin_url: str  # "http://127.0.0.1:38080"
     schema_registry_url: str  # "http://127.0.0.1:38081/apis/ccompat/v7"
+    s3_endpoint: str  # "http://127.0.0.1:39000"
+    prometheus_url: str = ""  # "http://127.0.0.1:39090"
 
 
 def _select(only: Sequence[str] | None, settings: Settings | None) -> list[Service]:
@@ -86,6 +98,8 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         pulsar_url=PulsarService(settings).address,
         pulsar_admin_url=PulsarService(settings).admin_url,
         schema_registry_url=ApicurioService(settings).address,
+        s3_endpoint=S3ProxyService(settings).address,
+        prometheus_url=PrometheusService(settings).address,
     )
 
 

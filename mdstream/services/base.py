@@ -37,7 +37,7 @@ class ServiceStatus:
         return self.state == "up"
 
     def line(self) -> str:
-        return f"{self.name:<9} {self.state:<9} {self.address:<48} pid={self.pid or '-'}"
+        return f"{self.name:<10} {self.state:<9} {self.address:<48} pid={self.pid or '-'}"
 
 
 def say(message: str) -> None:
@@ -216,9 +216,17 @@ class Service(ABC):
         )
 
     def wait_port(self, deadline: float) -> None:
-        """Wait for the port to accept, failing fast with the log tail if the process died."""
+        """Wait for the port to accept, failing fast with the log tail if the process died.
+
+        The process must be seen gone for a second in a row: on a loaded machine a JVM that had
+        just been started was once not found by its pid file and markers, yet came up."""
+        gone_since: float | None = None
         while not port_open(self.port):
-            if self.pid() is None:
+            if self.pid() is not None:
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+            elif time.monotonic() - gone_since > 1.0:
                 raise self.failure("exited during start-up")
             if time.monotonic() > deadline:
                 raise self.failure(f"did not open {HOST}:{self.port} in time")

@@ -11,6 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_VERSION = "3.9.1"
 PULSAR_VERSION = "4.2.4"
 APICURIO_VERSION = "3.3.3"
+S3PROXY_VERSION = "2.6.0"
 HOST = "127.0.0.1"
 
 
@@ -26,6 +27,8 @@ class Settings:
     pulsar_port: int = 36650
     pulsar_web_port: int = 38080
     registry_port: int = 38081
+    s3_port: int = 39000
+    prometheus_port: int = 39090
 
     @property
     def kafka_controller_port(self) -> int:
@@ -45,6 +48,11 @@ class Settings:
     def apicurio_app_dir(self) -> Path:
         return self.cache_dir / f"apicurio-{APICURIO_VERSION}" / "app"
 
+    @property
+    def s3proxy_jar(self) -> Path:
+        """One self-contained jar from Maven Central, shared by every run dir like Kafka's."""
+        return self.cache_dir / f"s3proxy-{S3PROXY_VERSION}" / "s3proxy.jar"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read MDSTREAM_* variables so CI, tests and developers can move dirs and ports."""
@@ -60,4 +68,6 @@ class Settings:
             pulsar_port=int(env.get("MDSTREAM_PULSAR_PORT") or cls.pulsar_port),
             pulsar_web_port=int(env.get("MDSTREAM_PULSAR_WEB_PORT") or cls.pulsar_web_port),
             registry_port=int(env.get("MDSTREAM_REGISTRY_PORT") or cls.registry_port),
+            s3_port=int(env.get("MDSTREAM_S3_PORT") or cls.s3_port),
+            prometheus_port=int(env.get("MDSTREAM_PROMETHEUS_PORT") or cls.prometheus_port),
         )

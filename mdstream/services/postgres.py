@@ -108,7 +108,10 @@ class PostgresService(Service):
         (self.data_dir / "mdstream.conf").write_text(
             f"listen_addresses = '{HOST}'\nport = {self.port}\nunix_socket_directories = ''\n"
         )
-        (self.data_dir / "pg_hba.conf").write_text(f"host all all {HOST}/32 trust\n")
+        # `replication`: pg_basebackup (mdstream backup) connects as a replication client.
+        (self.data_dir / "pg_hba.conf").write_text(
+            f"host all all {HOST}/32 trust\nhost replication all {HOST}/32 trust\n"
+        )
         self._give_to_owner(*(self.data_dir / n for n in ("mdstream.conf", "pg_hba.conf")))
 
     def start(self) -> None:

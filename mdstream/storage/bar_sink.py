@@ -33,8 +33,10 @@ import asyncpg
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from mdstream.core.contracts import NORMALIZED, ContractSet, DecodeError
+from mdstream.ops import metrics
 from mdstream.storage.bars import bar_row, write_bars
 from mdstream.storage.postgres import create_pool
+from mdstream.storage.quality_history import record_quality
 
 __all__ = ["BarSink", "SinkStats", "register"]
 
@@ -51,11 +53,13 @@ class SinkStats:
     by_freq: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def _parse_bar(contracts: ContractSet, msg: Message) -> tuple[str, tuple[Any, ...]] | str:
-    """(frequency, row) for a good bar, else the dead-letter reason."""
+def _parse_bar(
+    contracts: ContractSet, msg: Message
+) -> tuple[str, tuple[Any, ...], dict[str, Any]] | str:
+    """(frequency, row, event) for a good bar, else the dead-letter reason."""
     try:
         _, record = contracts.decode(msg.value() or b"", expected=NORMALIZED)
-        return bar_row(record)
+        return (*bar_row(record), record)
     except (DecodeError, ValueError, KeyError, TypeError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -90,6 +94,17 @@ class BarSink:
 
     async def write_batch(self, messages: list[Message]) -> None:
         """One database transaction for a polled batch (any partitions, each in offset order)."""
+        started = time.perf_counter()
+        try:
+            await self._write_batch(messages)
+        except (OSError, asyncpg.PostgresError):
+            metrics.SINK_WRITE_ERRORS.labels("bars").inc()
+            metrics.STORE_UP.labels("postgres").set(0)
+            raise
+        metrics.STORE_UP.labels("postgres").set(1)
+        metrics.SINK_WRITE_SECONDS.labels("bars").observe(time.perf_counter() - started)
+
+    async def _write_batch(self, messages: list[Message]) -> None:
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for msg in messages:
             by_partition[msg.partition()].append(msg)
@@ -106,6 +121,7 @@ class BarSink:
             }
             rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
             rejects = []
+            events: list[dict[str, Any]] = []
             for partition, batch in by_partition.items():
                 for msg in batch:
                     if msg.offset() < stored.get(partition, 0):
@@ -118,10 +134,13 @@ class BarSink:
                              msg.value() or b"")
                         )  # fmt: skip
                         continue
-                    freq, row = parsed
+                    freq, row, event = parsed
                     rows[freq].append(row)
+                    events.append(event)
+            await record_quality(conn, events)  # the bars' quality history, same transaction
             for freq, freq_rows in rows.items():
                 self.stats.changed += await write_bars(conn, freq, freq_rows)
+                metrics.SINK_ROWS.labels("bars", f"bars_{freq}").inc(len(freq_rows))
                 self.stats.bars += len(freq_rows)
                 self.stats.by_freq[freq] += len(freq_rows)
             if rejects:
@@ -131,6 +150,7 @@ class BarSink:
                     rejects,
                 )
                 self.stats.rejected += len(rejects)
+                metrics.SINK_REJECTED.labels("bars").inc(len(rejects))
             await conn.executemany(
                 "INSERT INTO sink_offsets (consumer, topic, partition, next_offset) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition) DO UPDATE SET "
@@ -182,9 +202,18 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    ops = None
+    if args.metrics_port:
+        from mdstream.ops.sink import SinkOps
+
+        ops = SinkOps(settings.bootstrap, args.group, settings.topics.normalized, args.metrics_port)
+        probe = asyncio.create_task(ops.run())
     try:
         await sink.run(stop.is_set)
     finally:
+        if ops is not None:
+            probe.cancel()
+            ops.close()
         sink.close()
         await pool.close()
         log.info("bar sink stopped: %s", sink.stats)
@@ -197,4 +226,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dsn", help="PostgreSQL DSN (default: MDSTREAM_POSTGRES_DSN / local)")
     parser.add_argument("--schema", help="PostgreSQL schema (default: the server's search_path)")
     parser.add_argument("--group", default="mdstream-bar-sink", help="Kafka consumer group")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz and /readyz on this port"
+    )
     parser.set_defaults(func=lambda args: asyncio.run(_main(args)))

@@ -28,6 +28,7 @@ from mdstream.storage.migrations import FREQUENCIES
 __all__ = [
     "BAR_COLUMNS",
     "FREQUENCIES",
+    "bar_bounds",
     "bar_row",
     "ensure_partitions",
     "is_partitioned",
@@ -186,7 +187,7 @@ def _local_midnight(day: date, exchange_tz: str) -> datetime:
     return datetime.combine(day, time(), tzinfo=ZoneInfo(exchange_tz))
 
 
-def _bounds(
+def bar_bounds(
     start: date | datetime, end: date | datetime, exchange_tz: str
 ) -> tuple[datetime, datetime]:
     """Dates: sessions start..end inclusive (exchange-local). Datetimes: [start, end)."""
@@ -228,7 +229,7 @@ async def read_bars(
 ) -> pl.DataFrame:
     """Raw stored bars, oldest first, with ``date`` = the exchange-local session date.
     ``instrument``: the key the bars are stored under, or several (any of them matches)."""
-    lo, hi = _bounds(start, end, exchange_tz)
+    lo, hi = bar_bounds(start, end, exchange_tz)
     rows = await conn.fetch(
         f"SELECT {', '.join(_READ_SCHEMA)} FROM {_table(freq)} "
         "WHERE instrument = ANY($1::text[]) AND window_start >= $2 AND window_start < $3 "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, time
 from typing import Literal
 
@@ -27,11 +28,21 @@ from mdstream.core.corporate_actions import (
 from mdstream.core.instruments import UnknownInstrument
 from mdstream.core.normalise import datetime_to_ns
 from mdstream.settings import settings
-from mdstream.storage.bars import read_bars
+from mdstream.storage import quality_history
+from mdstream.storage.bars import bar_bounds, read_bars
 from mdstream.storage.corporate_actions import read_factor_table
+from mdstream.storage.lifecycle import read_tiered_bars
 from mdstream.storage.postgres import create_pool
 
-__all__ = ["ADJUSTMENTS", "bars", "bars_async", "forward_adjustment_async", "instrument_keys"]
+__all__ = [
+    "ADJUSTMENTS",
+    "bars",
+    "bars_async",
+    "forward_adjustment_async",
+    "instrument_keys",
+    "quality",
+    "sla",
+]
 
 Adjustment = Literal["raw", "split", "adjusted", "total_return"]
 
@@ -60,7 +71,9 @@ async def bars_async(
         raise ValueError(f"adjustment must be one of {sorted(ADJUSTMENTS)}, got {adjustment!r}")
     mode = ADJUSTMENTS[adjustment]
     keys = instrument_keys(symbol, end)
-    raw = await read_bars(conn, keys, freq, start, end, exchange_tz=exchange_tz)
+    hot = await read_bars(conn, keys, freq, start, end, exchange_tz=exchange_tz)
+    lo, hi = bar_bounds(start, end, exchange_tz)
+    raw = await read_tiered_bars(conn, keys, freq, lo, hi, hot, exchange_tz=exchange_tz)
     if mode is AdjustmentMode.RAW:
         return raw
     factors = await read_factor_table(conn, keys)
@@ -115,7 +128,8 @@ def bars(
     schema: str | None = None,
     exchange_tz: str = "America/New_York",
 ) -> pl.DataFrame:
-    """Bars of ``symbol`` at ``freq`` (1s, 1m, 1h, 1d) from PostgreSQL, oldest first.
+    """Bars of ``symbol`` at ``freq`` (1s, 1m, 1h, 1d), oldest first, from every tier: the
+    PostgreSQL partitions and the Parquet objects the lifecycle moved to S3 (one frame).
 
     ``start``/``end``: dates select sessions start..end inclusive (exchange-local dates);
     aware datetimes select ``window_start`` in [start, end). ``adjustment``: raw, split,
@@ -129,12 +143,64 @@ def bars(
     ``MDSTREAM_POSTGRES_DSN`` / the local services; ``schema`` confines the read to one schema.
     """
 
+    return _on_private_loop(
+        lambda pool: bars_async(
+            pool, symbol, start, end, freq, adjustment, as_of, exchange_tz=exchange_tz
+        ),
+        dsn,
+        schema,
+    )
+
+
+def quality(
+    start: datetime,
+    end: datetime,
+    *,
+    instruments: Sequence[str] | None = None,
+    providers: Sequence[str] | None = None,
+    interval: str = "1m",
+    dsn: str | None = None,
+    schema: str | None = None,
+) -> pl.DataFrame:
+    """Stored bars' quality scores, provider, latency and lineage in [start, end)
+    (:func:`mdstream.storage.quality_history.read_quality`)."""
+    return _on_private_loop(
+        lambda pool: quality_history.read_quality(
+            pool, start, end, instruments=instruments, providers=providers, interval=interval
+        ),
+        dsn,
+        schema,
+    )
+
+
+def sla(
+    start: datetime,
+    end: datetime,
+    *,
+    interval: str = "1m",
+    bucket: str = "day",
+    dsn: str | None = None,
+    schema: str | None = None,
+) -> pl.DataFrame:
+    """Availability, completeness, quality and latency percentiles per provider, instrument
+    and day/hour (:func:`mdstream.storage.quality_history.sla`)."""
+    return _on_private_loop(
+        lambda pool: quality_history.sla(pool, start, end, interval=interval, bucket=bucket),
+        dsn,
+        schema,
+    )
+
+
+def _on_private_loop(
+    query: Callable[[asyncpg.Pool], Awaitable[pl.DataFrame]], dsn: str | None, schema: str | None
+) -> pl.DataFrame:
+    """Run ``query`` on a read-only pool on a private event loop (a helper thread when the
+    caller already runs one)."""
+
     async def run() -> pl.DataFrame:
         pool = await create_pool(dsn, schema=schema, max_size=1, read_only=True)
         try:
-            return await bars_async(
-                pool, symbol, start, end, freq, adjustment, as_of, exchange_tz=exchange_tz
-            )
+            return await query(pool)
         finally:
             await pool.close()
 

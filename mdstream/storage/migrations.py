@@ -154,6 +154,65 @@ _BAR_SINK = (
 _BARS = (Migration("bars/001", _bars_ddl()),)
 
 
+#: mdstream.storage.lifecycle: where each partition moved to the cold tier (S3 Parquet).
+_LIFECYCLE = (
+    Migration(
+        "lifecycle/001",
+        """
+        CREATE TABLE bar_tiers (
+            freq            text NOT NULL,
+            partition_start timestamptz NOT NULL,
+            partition_end   timestamptz NOT NULL,
+            object_key      text NOT NULL,
+            rows            bigint NOT NULL,
+            min_start       timestamptz,
+            max_start       timestamptz,
+            moved_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+            dropped_at      timestamptz,
+            PRIMARY KEY (freq, partition_start)
+        );
+        """,
+    ),
+)
+
+
+#: mdstream.storage.quality_history: each stored bar's quality, provider, latency and lineage.
+_QUALITY_HISTORY = (
+    Migration(
+        "quality_history/001",
+        """
+        CREATE TABLE quality_history (
+            instrument       text NOT NULL,
+            interval         text NOT NULL,
+            window_start     timestamptz NOT NULL,
+            revision         integer NOT NULL DEFAULT 0,
+            provider         text NOT NULL,
+            window_end       timestamptz NOT NULL,
+            emitted_at       timestamptz NOT NULL,
+            completeness     double precision NOT NULL,
+            accuracy         double precision NOT NULL,
+            timeliness       double precision NOT NULL,
+            reliability      double precision NOT NULL,
+            consistency      double precision NOT NULL,
+            quality_score    double precision,
+            checks_passed    text[] NOT NULL DEFAULT '{}',
+            flags            text[] NOT NULL DEFAULT '{}',
+            quality_model    text,
+            raw_partition    integer,
+            raw_offset_first bigint,
+            raw_offset_last  bigint,
+            raw_batches      bigint NOT NULL DEFAULT 0,
+            raw_ticks        bigint NOT NULL DEFAULT 0,
+            event_id         text,
+            recorded_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (instrument, interval, window_start, revision)
+        );
+        CREATE INDEX quality_history_provider ON quality_history (provider, interval, window_start);
+        """,
+    ),
+)
+
+
 def all_migrations() -> tuple[Migration, ...]:
     """Every migration in the order it must run (append new areas at the end)."""
-    return (*_CORPORATE_ACTIONS, *_BARS, *_BAR_SINK)
+    return (*_CORPORATE_ACTIONS, *_BARS, *_BAR_SINK, *_LIFECYCLE, *_QUALITY_HISTORY)

@@ -1,0 +1,1 @@
+"""Operations: metrics, health, consumer lag, throttling, routing of table views, `mdstream top`."""
