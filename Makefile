@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not services"
 
 services: $(STAMP)
-	$(BIN)/mdstream services up
+	$(BIN)/mdstream services up --all
 
 services-down: $(STAMP)
 	$(BIN)/mdstream services down

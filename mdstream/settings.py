@@ -81,6 +81,10 @@ class Topics:
         """Announcements in, CorporateActionAppliedEvent out (dead letters share the DLQ)."""
         return (self.announcements, self.corporate_actions)
 
+    def mirrored(self) -> tuple[str, ...]:
+        """The committed outputs the Pulsar mirror, the latest-price sink and `serve` read."""
+        return (self.normalized, self.consensus, self.alerts, self.corporate_actions)
+
     def alerts_by_severity(self) -> dict[str, str]:
         """Each alert also goes to its severity's topic (`alerts` stays the all-alerts stream)."""
         return {sev: severity_topic(self.alerts, sev) for sev in SEVERITIES}
@@ -106,6 +110,17 @@ class Settings:
     postgres_dsn: str | None = None
     #: Schema the storage agents use (None: the server's search_path); isolates tests.
     postgres_schema: str | None = None
+    #: Distribution (mirror, latest prices, WebSocket): Pulsar broker and admin, Redis.
+    pulsar_url: str = "pulsar://127.0.0.1:36650"
+    pulsar_admin_url: str = "http://127.0.0.1:38080"
+    redis_url: str = "redis://127.0.0.1:36379/0"
+    #: Kafka topics the mirror forwards (default: `Topics.mirrored()`).
+    mirror_topics: tuple[str, ...] = ()
+    #: This mirror's static group member id (one per mirror process; "" for dynamic membership).
+    mirror_instance: str = "0"
+    #: `mdstream serve`: the WebSocket feed and live page (loopback by default).
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8765
     #: Seconds without committed progress on a lagging owned partition before /healthz fails.
     stall_s: float = 30.0
 
@@ -155,6 +170,15 @@ class Settings:
             ),
             postgres_dsn=os.environ.get("MDSTREAM_POSTGRES_DSN") or None,
             postgres_schema=os.environ.get("MDSTREAM_POSTGRES_SCHEMA") or None,
+            pulsar_url=_env("PULSAR_URL", f"pulsar://127.0.0.1:{_env('PULSAR_PORT', '36650')}"),
+            pulsar_admin_url=_env(
+                "PULSAR_ADMIN_URL", f"http://127.0.0.1:{_env('PULSAR_WEB_PORT', '38080')}"
+            ),
+            redis_url=_env("REDIS_URL", f"redis://127.0.0.1:{_env('REDIS_PORT', '36379')}/0"),
+            mirror_topics=_csv(_env("MIRROR_TOPICS", "")),
+            mirror_instance=_env("MIRROR_INSTANCE", "0"),
+            serve_host=_env("SERVE_HOST", "127.0.0.1"),
+            serve_port=int(_env("SERVE_PORT", "8765")),
             stall_s=float(_env("STALL_S", "30")),
         )
 

@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "mdstream.cli.backfill",
     "mdstream.cli.split_scan",
     "mdstream.cli.quality",
+    "mdstream.cli.distribution",
     "mdstream.storage.archive",
     "mdstream.storage.replay",
     "mdstream.storage.lifecycle",

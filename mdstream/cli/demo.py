@@ -4,7 +4,9 @@ The demo starts Kafka and PostgreSQL (project-managed), one `faust worker` and t
 publishes the generated multi-provider feed in real time and prints what a downstream consumer sees
 with `read_committed`: bars, quality alerts and dead letters, then the consensus table through the
 worker's web view and the stored minute bars read back with `mdstream.storage.history.bars`.
-It stops everything cleanly after a bounded time.
+The distribution side runs too: the Pulsar mirror, the Redis latest-price sink and the live page
+(`mdstream serve`, its URL printed at start); at the end the demo reads the AAPL bars back from
+Pulsar and looks the latest prices up in Redis. It stops everything cleanly after a bounded time.
 """
 
 from __future__ import annotations
@@ -74,16 +76,24 @@ def _wait_ready(proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
 def run_demo(seconds: float, show_1s: set[str]) -> int:
     from mdstream.services import ensure_up
 
-    endpoints = ensure_up(only=["kafka", "postgres"])
+    endpoints = ensure_up(only=["kafka", "postgres", "redis", "pulsar"])
     run_id = time.strftime("demo%Y%m%d%H%M%S")
     run_dir = REPO_ROOT / ".run" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     web_port = int(os.environ.get("MDSTREAM_WEB_PORT", "6066"))
     env = deployment_env(run_id, endpoints.kafka_bootstrap, run_dir / "worker", web_port)
+    env.update(
+        MDSTREAM_PULSAR_URL=endpoints.pulsar_url,
+        MDSTREAM_PULSAR_ADMIN_URL=endpoints.pulsar_admin_url,
+        MDSTREAM_REDIS_URL=endpoints.redis_url,
+    )
     os.environ.update(env)
     settings = Settings.from_env()
     topics = settings.topics
     ensure_topics(endpoints.kafka_bootstrap, (topics.raw, *topics.outputs()), settings.partitions)
+    ensure_topics(
+        endpoints.kafka_bootstrap, (topics.consensus, topics.corporate_actions), settings.partitions
+    )
     contracts = ContractSet.load()
     log_path = run_dir / "worker.log"
     print(f"mdstream demo: worker log {log_path}; topics {topics.raw} → {topics.outputs()}")
@@ -96,6 +106,11 @@ def run_demo(seconds: float, show_1s: set[str]) -> int:
             start_new_session=True,
         )
     counts: collections.Counter[str] = collections.Counter()
+    distribution = _start_distribution(env, run_dir)
+    print(
+        f"live page: http://{settings.serve_host}:{settings.serve_port}/"
+        "?instruments=AAPL,MSFT,NVDA,SPY&timeframe=1s"
+    )
     try:
         _wait_ready(proc, log_path, timeout=120)
         print(f"worker ready (web views on http://{settings.web_host}:{settings.web_port}/table/)")
@@ -131,7 +146,15 @@ def run_demo(seconds: float, show_1s: set[str]) -> int:
         _print_consensus(settings)
         store.finish()
         _print_history(endpoints.postgres_dsn, run_id, feed.start_ns)
+        _print_distribution(settings)
     finally:
+        for other in distribution:
+            other.send_signal(signal.SIGTERM)
+        for other in distribution:
+            try:
+                other.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(other.pid, signal.SIGKILL)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(60)
@@ -159,6 +182,66 @@ def _print_consensus(settings: Settings) -> None:
             f"  {symbol:<5} {c['price']:>9.2f}  [p25 {c['p25']:.2f}, p75 {c['p75']:.2f}] "
             f"from {c['providers']} providers"
         )
+
+
+def _start_distribution(env: dict[str, str], run_dir: Path) -> list[subprocess.Popen]:
+    """The mirror, the latest-price sink and the live page, as the Procfile runs them."""
+    mdstream = str(Path(sys.executable).parent / "mdstream")
+    procs = []
+    for command in ("mirror", "sink-latest", "serve"):
+        with (run_dir / f"{command}.log").open("wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [mdstream, command],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    return procs
+
+
+def _print_distribution(settings: Settings) -> None:
+    """AAPL's minute bars as Pulsar has them, and the latest prices from Redis."""
+    import pulsar
+
+    from mdstream.distribution.latest import LatestStore
+    from mdstream.distribution.routes import route
+
+    time.sleep(2)  # the mirror and the sink commit what the worker committed last
+    contracts = ContractSet.load()
+    where = {"instrument": {"symbol": "AAPL"}, "interval": "1m", "window_start": 0, "revision": 0}
+    topic = route(NORMALIZED, where).topic
+    quiet = pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+    client = pulsar.Client(settings.pulsar_url, logger=quiet)
+    try:
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        mine = []
+        while reader.has_message_available():
+            msg = reader.read_next(3000)
+            if msg.properties().get("kafka_topic") == settings.topics.normalized:
+                mine.append(msg)
+        print(f"\nPulsar {topic}: {len(mine)} AAPL 1m bars from this run (last 3):")
+        for msg in mine[-3:]:
+            _, bar = contracts.decode(msg.data())
+            when = _fmt_ts(msg.event_timestamp() * 1_000_000)
+            offset = msg.properties()["kafka_offset"]
+            print(
+                f"  event time {when} key {msg.partition_key()} close"
+                f" {bar['ohlcv']['close']:.2f} (Kafka offset {offset})"
+            )
+    finally:
+        client.close()
+    store = LatestStore.for_settings(settings)
+    try:
+        print("\nRedis latest prices (mdstream latest AAPL MSFT):")
+        for symbol, kinds in store.get_many(["AAPL", "MSFT"]).items():
+            for kind, value in sorted(kinds.items()):
+                shown = value.get("close", value.get("price", value.get("bid")))
+                print(f"  {symbol:<5} {kind:<10} {shown}")
+    finally:
+        store.close()
 
 
 class BarStoreThread(threading.Thread):

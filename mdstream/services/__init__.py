@@ -1,8 +1,11 @@
-"""Real Kafka, PostgreSQL, Redis and an S3 store (s3proxy) on loopback, started by the project
-itself (no Docker).
+"""Real Kafka, PostgreSQL, Redis, an S3 store (s3proxy), Prometheus, Pulsar and a schema registry
+on loopback, started by the project itself (no Docker).
 
 `ensure_up()` is idempotent and safe to call from several processes at once: a file lock in the
-run dir serialises starts and stops, and a healthy service is left untouched.
+run dir serialises starts and stops, and a healthy service is left untouched. With no `only`,
+`ensure_up()` starts the core services (all but Pulsar and the registry): Pulsar needs ~2 GB and
+the registry a Java 21 JVM, so tests and commands ask for them by name (`mdstream services up
+--all` starts every one). `status()` defaults to the core services too; `stop_all()` to all.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mdstream.services.apicurio import ApicurioService
 from mdstream.services.base import Service, ServiceError, ServiceStatus, apt_install, say
 from mdstream.services.config import Settings
 from mdstream.services.kafka import KafkaService
 from mdstream.services.postgres import PostgresService
 from mdstream.services.prometheus import PrometheusService
+from mdstream.services.pulsar import PulsarService
 from mdstream.services.redis import RedisService
 from mdstream.services.s3proxy import S3ProxyService
 
 __all__ = [
+    "CORE_SERVICES",
     "SERVICE_NAMES",
     "Endpoints",
     "ServiceError",
@@ -35,9 +41,19 @@ __all__ = [
 
 _SERVICES: dict[str, type[Service]] = {
     cls.name: cls
-    for cls in (KafkaService, PostgresService, RedisService, S3ProxyService, PrometheusService)
+    for cls in (
+        KafkaService,
+        PostgresService,
+        RedisService,
+        S3ProxyService,
+        PrometheusService,
+        PulsarService,
+        ApicurioService,
+    )
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(_SERVICES)
+#: What `ensure_up()` starts when not told which.
+CORE_SERVICES: tuple[str, ...] = tuple(n for n in SERVICE_NAMES if n not in ("pulsar", "registry"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,9 @@ class Endpoints:
     kafka_bootstrap: str  # "127.0.0.1:39092"
     postgres_dsn: str  # "postgresql://postgres@127.0.0.1:35432/mdstream"
     redis_url: str  # "redis://127.0.0.1:36379/0"
+    pulsar_url: str  # "pulsar://127.0.0.1:36650"
+    pulsar_admin_url: str  # "http://127.0.0.1:38080"
+    schema_registry_url: str  # "http://127.0.0.1:38081/apis/ccompat/v7"
     s3_endpoint: str  # "http://127.0.0.1:39000"
     prometheus_url: str = ""  # "http://127.0.0.1:39090"
 
@@ -76,6 +95,9 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
         kafka_bootstrap=KafkaService(settings).address,
         postgres_dsn=PostgresService(settings).address,
         redis_url=RedisService(settings).address,
+        pulsar_url=PulsarService(settings).address,
+        pulsar_admin_url=PulsarService(settings).admin_url,
+        schema_registry_url=ApicurioService(settings).address,
         s3_endpoint=S3ProxyService(settings).address,
         prometheus_url=PrometheusService(settings).address,
     )
@@ -84,9 +106,10 @@ def endpoints(settings: Settings | None = None) -> Endpoints:
 def ensure_up(
     only: Sequence[str] | None = None, settings: Settings | None = None, timeout: float = 180.0
 ) -> Endpoints:
-    """Start whatever is not running, wait until every requested service is usable."""
+    """Start whatever is not running, wait until every requested service is usable
+    (default: the core services)."""
     settings = settings or Settings.from_env()
-    services = _select(only, settings)
+    services = _select(only or CORE_SERVICES, settings)
     deadline = time.monotonic() + timeout
     with _locked(settings):
         missing = sorted({pkg for service in services for pkg in service.missing_packages()})
@@ -115,5 +138,5 @@ def stop_all(only: Sequence[str] | None = None, settings: Settings | None = None
 def status(
     only: Sequence[str] | None = None, settings: Settings | None = None
 ) -> list[ServiceStatus]:
-    """Cheap check (pid alive + port accepting) for each requested service."""
-    return [service.status() for service in _select(only, settings)]
+    """Cheap check (pid alive + port accepting) for each requested service (default: core)."""
+    return [service.status() for service in _select(only or CORE_SERVICES, settings)]

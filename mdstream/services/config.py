@@ -9,6 +9,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_VERSION = "3.9.1"
+PULSAR_VERSION = "4.2.4"
+APICURIO_VERSION = "3.3.3"
 S3PROXY_VERSION = "2.6.0"
 HOST = "127.0.0.1"
 
@@ -22,6 +24,9 @@ class Settings:
     kafka_port: int = 39092
     postgres_port: int = 35432
     redis_port: int = 36379
+    pulsar_port: int = 36650
+    pulsar_web_port: int = 38080
+    registry_port: int = 38081
     s3_port: int = 39000
     prometheus_port: int = 39090
 
@@ -34,6 +39,14 @@ class Settings:
     def kafka_lib_dir(self) -> Path:
         """Jars are shared by every run dir: resolving them from Maven Central is the slow part."""
         return self.cache_dir / f"kafka-{KAFKA_VERSION}" / "lib"
+
+    @property
+    def pulsar_lib_dir(self) -> Path:
+        return self.cache_dir / f"pulsar-{PULSAR_VERSION}" / "lib"
+
+    @property
+    def apicurio_app_dir(self) -> Path:
+        return self.cache_dir / f"apicurio-{APICURIO_VERSION}" / "app"
 
     @property
     def s3proxy_jar(self) -> Path:
@@ -52,6 +65,9 @@ class Settings:
             kafka_port=int(env.get("MDSTREAM_KAFKA_PORT") or cls.kafka_port),
             postgres_port=int(env.get("MDSTREAM_POSTGRES_PORT") or cls.postgres_port),
             redis_port=int(env.get("MDSTREAM_REDIS_PORT") or cls.redis_port),
+            pulsar_port=int(env.get("MDSTREAM_PULSAR_PORT") or cls.pulsar_port),
+            pulsar_web_port=int(env.get("MDSTREAM_PULSAR_WEB_PORT") or cls.pulsar_web_port),
+            registry_port=int(env.get("MDSTREAM_REGISTRY_PORT") or cls.registry_port),
             s3_port=int(env.get("MDSTREAM_S3_PORT") or cls.s3_port),
             prometheus_port=int(env.get("MDSTREAM_PROMETHEUS_PORT") or cls.prometheus_port),
         )
