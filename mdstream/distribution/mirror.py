@@ -7,7 +7,9 @@ is small and owns all three; the process kind is `mirror` in the Procfile (`mdst
 
 How a record is published once:
 - each Kafka partition has its own Pulsar producers, all named `producer_name(topic, partition)`
-  (stable across restarts) and every message's `sequence_id` is its Kafka offset;
+  (stable across restarts) and every message's `sequence_id` is its Kafka offset + 1 (the Python
+  client takes a sequence id of 0 for "none" and numbers such a message itself: offset 0 of
+  every partition would escape deduplication);
 - the namespaces have broker-side deduplication on: the broker remembers, per producer name and
   topic, the highest sequence id it persisted and drops anything at or below it;
 - the mirror commits Kafka offsets only after every send up to them was acknowledged. A mirror
@@ -16,8 +18,10 @@ How a record is published once:
 - batching is off: with explicit sequence ids the broker judges a batch by its first id only
   (seen here on 4.2.4 with the C++ client), which would let a re-sent batch straddle the mark.
 
-A Pulsar outage: sends stay pending (no send timeout), the mirror stops fetching and commits
-nothing; Kafka lag grows; when Pulsar is back the client re-sends in order and the loop resumes.
+A Pulsar outage: sends stay pending, the mirror stops fetching and commits nothing; Kafka lag
+grows; when Pulsar is back the client re-sends in order and the loop resumes. A send still not
+acknowledged after `SEND_TIMEOUT_S` fails the run (the process exits non-zero and its supervisor
+restarts it from the last commit): a mirror must never wait forever, nor report progress it lacks.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ import pulsar
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from mdstream.core.contracts import ContractSet, DecodeError
-from mdstream.distribution.pulsar_admin import ensure_layout
+from mdstream.distribution.pulsar_admin import deduplication_status, ensure_layout
 from mdstream.distribution.routes import producer_name, route
 
 log = logging.getLogger(__name__)
+
+#: How long Pulsar may leave a send unacknowledged before the run fails (see the module doc).
+SEND_TIMEOUT_S = 60
 
 
 @dataclass
@@ -106,31 +113,38 @@ class PulsarMirror:
         return producer
 
     def _create_producer(self, kafka_topic: str, partition: int, topic: str) -> pulsar.Producer:
-        """A new topic's producer; while Pulsar cannot be reached, wait (an outage pauses us)."""
+        """A new topic's producer; while Pulsar cannot be reached, wait (an outage pauses us).
+        Nothing is sent before the broker deduplicates the topic (see `deduplication_status`)."""
         assert self._client is not None
         delay, warned = 0.2, False
         while True:
             try:
-                return self._client.create_producer(
+                producer = self._client.create_producer(
                     topic,
                     producer_name=producer_name(kafka_topic, partition),
                     batching_enabled=False,
-                    send_timeout_millis=0,  # an outage pauses us; nothing is given up on
+                    send_timeout_millis=SEND_TIMEOUT_S * 1000,
                     max_pending_messages=50_000,
                     block_if_queue_full=True,
                 )
+                break
             except (pulsar.ConnectError, pulsar.Timeout, pulsar.ServiceUnitNotReady) as exc:
                 if not warned:
                     log.warning("mirror: cannot open a producer on %s (%s); paused", topic, exc)
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        deadline = time.monotonic() + SEND_TIMEOUT_S
+        while (status := deduplication_status(self.admin_url, topic)) != "Enabled":
+            if time.monotonic() > deadline:
+                producer.close()
+                raise RuntimeError(f"Pulsar does not deduplicate {topic} (status {status})")
+            time.sleep(0.05)
+        return producer
 
     def _close_partition(self, kafka_topic: str, partition: int) -> None:
         for key in [k for k in self._producers if k[:2] == (kafka_topic, partition)]:
-            producer = self._producers.pop(key)
-            producer.flush()
-            producer.close()
+            self._producers.pop(key).close()  # never flush: it waits without a bound
 
     def _callback(self, result: pulsar.Result, message_id: pulsar.MessageId) -> None:
         if result != pulsar.Result.Ok:
@@ -170,7 +184,7 @@ class PulsarMirror:
             msg.value(),
             self._callback,
             properties=properties,
-            sequence_id=msg.offset(),
+            sequence_id=msg.offset() + 1,  # never 0: see the module doc
             **kwargs,
         )
 

@@ -57,3 +57,12 @@ def ensure_layout(admin_url: str, cluster: str = "standalone") -> dict[str, dict
             "retention": _call(admin_url, "GET", f"{path}/retention"),
         }
     return report
+
+
+def deduplication_status(admin_url: str, topic: str) -> str:
+    """The broker's deduplication state of a loaded topic ("Enabled", "Initialized", ...).
+
+    A topic's first producer can connect before the broker has recovered its deduplication
+    cursor; messages sent in that window are not deduplicated."""
+    path = topic.replace("persistent://", "/persistent/", 1)
+    return str((_call(admin_url, "GET", f"{path}/stats") or {}).get("deduplicationStatus"))
