@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -263,7 +264,9 @@ def print_table(args: argparse.Namespace, feed_line: str, rows: list[Row]) -> No
     print("-" * 100)
     for r in rows:
         print(f"{r.name}: {r.detail}")
-    print(f"reproduce: PYTHONPATH=. {reproduce_command(args.argv, 'benchmarks.compare')}")
+    path = os.environ.get("PYTHONPATH")
+    shown = f"PYTHONPATH={shlex.quote(path)} " if path else ""
+    print(f"reproduce: {shown}{reproduce_command(args.argv, 'benchmarks.compare')}")
     print("=" * 100)
 
 
