@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -106,6 +106,7 @@ class Pipeline:
     label: str
     app_id: str = ""
     proc: subprocess.Popen | None = None
+    ready_marker: ClassVar[str] = "Worker]: Ready"  # faust's log line once startup is done
 
     def __post_init__(self) -> None:
         self.app_id = self.app_id or f"bench-{self.label}-{uuid.uuid4().hex[:8]}"
@@ -117,14 +118,20 @@ class Pipeline:
         names = (self.topics.raw, *self.topics.outputs())
         ensure_topics(self.bootstrap, names, self.partitions)
 
-    def start_worker(self) -> None:
-        env = deployment_env(
+    def command(self) -> list[str]:
+        """The worker's argv: a subclass runs another program under the same process handling."""
+        return [FAUST, "-A", "mdstream.app", "worker", "-l", "info"]
+
+    def worker_env(self) -> dict[str, str]:
+        return deployment_env(
             self.app_id, self.bootstrap, self.root / "data", free_port(), self.partitions
         )
+
+    def start_worker(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [FAUST, "-A", "mdstream.app", "worker", "-l", "info"],
-                env=env,
+                self.command(),
+                env=self.worker_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -145,9 +152,9 @@ class Pipeline:
             raise RuntimeError(f"worker of {self.app_id} died:\n{self.log_tail()}")
 
     def wait_ready(self, timeout: float = 120) -> float:
-        """Monotonic time at which the worker logged "Ready" (startup finished)."""
+        """Monotonic time at which the worker logged `ready_marker` (startup finished)."""
         deadline = time.monotonic() + timeout
-        while "Worker]: Ready" not in self.log_tail(1 << 20):
+        while self.ready_marker not in self.log_tail(1 << 20):
             self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker of {self.app_id} not ready:\n{self.log_tail()}")
@@ -186,14 +193,14 @@ class Pipeline:
             self.proc.wait(30)
 
     def delete_topics(self) -> None:
-        """Best effort: the app's topics, changelogs included (all start with its id).
+        """Best effort: the app's topics, changelogs included (all have its id in their name).
 
         The broker auto-creates topics a client still asks about, so check and try again.
         """
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         for _ in range(3):
             topics = admin.list_topics(timeout=30).topics
-            names = [t for t in topics if t.startswith(self.app_id)]
+            names = [t for t in topics if self.app_id in t]
             if not names:
                 return
             for fut in admin.delete_topics(names).values():
@@ -338,13 +345,19 @@ def run_throughput(
     timeout_s: float,
     kafka_pid: int | None,
     profile_to: Path | None,
+    published_s: float | None = None,
 ) -> Throughput:
+    """`published_s`: the caller already published `messages` to the raw topic, in that time
+    (benchmarks.compare runs several processors on one copy of the feed)."""
     n_msgs, n_ticks = len(messages), sum(m.n_ticks for m in messages)
     pipe.create_topics()
-    t = time.monotonic()
-    sent = publish(pipe.bootstrap, pipe.topics.raw, messages, CONTRACTS)
-    publish_s = time.monotonic() - t
-    assert sent == n_msgs, (sent, n_msgs)
+    if published_s is None:
+        t = time.monotonic()
+        sent = publish(pipe.bootstrap, pipe.topics.raw, messages, CONTRACTS)
+        publish_s = time.monotonic() - t
+        assert sent == n_msgs, (sent, n_msgs)
+    else:
+        publish_s = published_s
     say(f"published {n_msgs} raw messages ({n_ticks} ticks) in {publish_s:.1f}s; starting worker")
 
     watcher = CommitWatcher(pipe.bootstrap, pipe.app_id, pipe.topics.raw, pipe.partitions)
@@ -757,9 +770,9 @@ def _p50_p99(values: np.ndarray, what: str) -> str:
     return f"p50 {pct(values, 50):.0f} ms  p99 {pct(values, 99):.0f} ms  {what}"
 
 
-def reproduce_command(argv: Sequence[str]) -> str:
+def reproduce_command(argv: Sequence[str], module: str = "benchmarks.pipeline") -> str:
     env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ENV_SHOWN if k in os.environ)
-    cmd = " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks.pipeline", *argv])
+    cmd = " ".join(shlex.quote(a) for a in ["python", "-m", module, *argv])
     return f"{env} {cmd}".strip()
 
 
