@@ -8,10 +8,12 @@ import struct
 from typing import Any
 
 import fastavro
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mdstream.core.batch import pack_columns
 from mdstream.core.contracts import (
     ALERT,
     ANNOUNCEMENT,
@@ -258,8 +260,73 @@ def test_plain_fastavro_reads_the_body_with_the_schema_file(name: str) -> None:
     schema = fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text()))
     data = CS.encode(name, RECORDS[name])
     body = io.BytesIO(data[5:])
-    assert fastavro.schemaless_reader(body, schema, None) == RECORDS[name]
+    record = fastavro.schemaless_reader(body, schema, None)
     assert body.tell() == len(data) - 5
+    if name != RAW_BATCH:
+        assert record == RECORDS[name]
+        return
+    # The raw batch's ticks are columns any reader turns into arrays with the documented dtypes.
+    ticks, columns = RECORDS[name]["ticks"], record.pop("columns")
+    assert record == {k: v for k, v in RECORDS[name].items() if k != "ticks"}
+    assert columns["count"] == len(ticks)
+    assert list(columns["kind"]) == [{"TRADE": 0, "QUOTE": 1}[t["kind"]] for t in ticks]
+    assert np.frombuffer(columns["event_ts"], "<i8").tolist() == [t["timestamp"] for t in ticks]
+    prices = np.frombuffer(columns["price"], "<f8")
+    assert [None if np.isnan(p) else p for p in prices] == [t["price"] for t in ticks]
+    seqs = np.frombuffer(columns["sequence"], "<i8").tolist()
+    assert seqs == [-(2**63) if t["sequence"] is None else t["sequence"] for t in ticks]
+    assert columns["conditions"] == [t["conditions"] for t in ticks]
+
+
+def _v1_message(record: dict[str, Any]) -> bytes:
+    """A raw batch as version 1 wrote it: one Avro record per tick, under v1's local id."""
+    text = load_schema_text(f"{RAW_BATCH}.v1")
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, local_schema_id(text)))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(text)), record)
+    return buf.getvalue()
+
+
+def test_version_1_raw_batches_stay_readable_as_rows_and_as_columns() -> None:
+    batch = RECORDS[RAW_BATCH]
+    old = _v1_message(batch)
+    assert old[1:5] != CS.encode(RAW_BATCH, batch)[1:5]  # another schema, another id
+    assert CS.decode(old, expected=RAW_BATCH) == (RAW_BATCH, batch)
+    new_cols, old_cols = CS.decode_raw_batch(CS.encode(RAW_BATCH, batch)), CS.decode_raw_batch(old)
+    for name in ("is_trade", "ts", "provider_ts", "price", "volume", "bid", "ask", "sequence"):
+        np.testing.assert_array_equal(getattr(new_cols, name), getattr(old_cols, name))
+    assert new_cols.conditions == old_cols.conditions == ("@ F", None)
+    assert new_cols.to_record() == batch
+
+
+def _with_columns(**changes: Any) -> bytes:
+    """The test batch on the wire with some of its columns replaced."""
+    contract = CS.by_name[RAW_BATCH]
+    record = {k: v for k, v in RECORDS[RAW_BATCH].items() if k != "ticks"}
+    record["columns"] = {**pack_columns(RECORDS[RAW_BATCH]["ticks"]), **changes}
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, contract.schema_id))
+    fastavro.schemaless_writer(buf, contract.parsed, record)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"price": b"\x00" * 8}, "column price holds 8 bytes, 2 ticks need 16"),
+        ({"event_ts": b"\x00" * 17}, "column event_ts holds 17 bytes, 2 ticks need 16"),
+        ({"count": 3}, "column kind holds 2 bytes, 3 ticks need 3"),
+        ({"count": -1}, "negative tick count -1"),
+        ({"kind": b"\x00\x07"}, "column kind holds code 7"),
+        ({"sequence": b"\x01"}, "column sequence holds 1 bytes"),
+        ({"conditions": ["@"]}, "column conditions holds 1 values, count is 2"),
+    ],
+)
+def test_columns_that_do_not_fit_together_are_a_decode_error(changes: dict, match: str) -> None:
+    data = _with_columns(**changes)
+    for decode in (CS.decode, CS.decode_raw_batch):
+        with pytest.raises(DecodeError, match=f"RawMarketDataBatch columns: {match}"):
+            decode(data)
 
 
 def test_confluent_avro_serde_interoperates_through_a_registry() -> None:
@@ -278,7 +345,9 @@ def test_confluent_avro_serde_interoperates_through_a_registry() -> None:
 
     ours = contracts.encode(RAW_BATCH, RECORDS[RAW_BATCH])
     assert ours[1:5] == ids[RAW_BATCH].to_bytes(4, "big")
-    assert AvroDeserializer(registry)(ours, ctx) == RECORDS[RAW_BATCH]
+    theirs_raw = AvroDeserializer(registry)(ours, ctx)
+    assert theirs_raw.pop("columns") == pack_columns(RECORDS[RAW_BATCH]["ticks"])
+    assert theirs_raw == {k: v for k, v in RECORDS[RAW_BATCH].items() if k != "ticks"}
 
     serializer = AvroSerializer(
         registry,
@@ -296,7 +365,8 @@ def test_local_ids_are_stable_distinct_and_31_bit() -> None:
     assert ids == {name: again.by_name[name].schema_id for name in CONTRACTS}
     assert len(set(ids.values())) == len(CONTRACTS)
     assert all(0 <= i < 2**31 for i in ids.values())
-    assert set(CS.by_id) == set(ids.values())
+    legacy = local_schema_id(load_schema_text(f"{RAW_BATCH}.v1"))
+    assert set(CS.by_id) == set(ids.values()) | {legacy}  # version 1 of the raw batch: read only
 
 
 def test_local_id_depends_on_the_canonical_schema_only() -> None:
@@ -394,4 +464,7 @@ def test_decode_of_arbitrary_bodies_raises_only_decode_error(name: str, body: by
         return
     # When it decodes, it is a whole record of the contract the header names.
     assert decoded_name == name
-    assert set(record) == {f["name"] for f in json.loads(load_schema_text(name))["fields"]}
+    fields = {f["name"] for f in json.loads(load_schema_text(name))["fields"]}
+    if name == RAW_BATCH:  # read back in row form: the columns become a list of ticks
+        fields = fields - {"columns"} | {"ticks"}
+    assert set(record) == fields

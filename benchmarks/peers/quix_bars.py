@@ -14,7 +14,7 @@ Quix's own windowing is not used: its window closing rules differ, and the point
 quixstreams 3.28 requires confluent-kafka < 2.13 while mdstream pins 2.16, so it cannot share
 mdstream's environment: it runs under an interpreter of its own
 (`benchmarks/peers/requirements-quix.txt`), with the repository on PYTHONPATH for the contracts
-(fastavro only) and `bars`.
+(fastavro and numpy) and `bars`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import struct
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
+
+from mdstream.core.batch import ColumnError, TickColumns, pack_columns
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 MAGIC = 0
@@ -44,6 +47,10 @@ CONTRACTS = (
     RAW_BARS,
     CONSENSUS,
 )
+
+
+#: Earlier versions we still read (files `schemas/<name>.<version>.avsc`), never write.
+LEGACY = {RAW_BATCH: ("v1",)}
 
 
 class DecodeError(ValueError):
@@ -87,17 +94,53 @@ class ContractSet:
             contracts.by_id[schema_id] = contract
             # Local ids stay readable even when a registry assigned others.
             contracts.by_id.setdefault(local_schema_id(text), contract)
+            for version in LEGACY.get(name, ()):
+                old = load_schema_text(f"{name}.{version}")
+                old_id = local_schema_id(old)
+                parsed = fastavro.parse_schema(json.loads(old))
+                contracts.by_id.setdefault(old_id, Contract(name, old, parsed, old_id))
         return contracts
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """A raw batch may come in row form (a list of `ticks`): it is packed into columns."""
         contract = self.by_name[name]
+        if name == RAW_BATCH and "ticks" in record:
+            ticks = record["ticks"]
+            record = {k: v for k, v in record.items() if k != "ticks"}
+            record["columns"] = pack_columns(ticks)
         buf = io.BytesIO()
         buf.write(_HEADER.pack(MAGIC, contract.schema_id))
         fastavro.schemaless_writer(buf, contract.parsed, record)
         return buf.getvalue()
 
     def decode(self, data: bytes, expected: str | None = None) -> tuple[str, dict[str, Any]]:
-        """Decode a framed message; returns (contract name, record). Raises DecodeError."""
+        """Decode a framed message; returns (contract name, record). Raises DecodeError.
+
+        A raw batch comes back in row form (a list of `ticks`), whichever version it was
+        written in; the pipeline reads its columns directly with `decode_raw_batch`."""
+        name, record = self._decode(data, expected)
+        if name == RAW_BATCH and "columns" in record:
+            record = self._columns(record).to_record()
+        return name, record
+
+    def decode_raw_batch(self, data: bytes) -> TickColumns:
+        """A raw batch as columns: its arrays read straight from the message's bytes."""
+        return self._columns(self._decode(data, RAW_BATCH)[1])
+
+    @staticmethod
+    def _columns(record: Mapping[str, Any]) -> TickColumns:
+        try:
+            uuid.UUID(record["batchId"])  # tick event ids derive from it (uuid5)
+        except ValueError:
+            raise DecodeError(
+                f"RawMarketDataBatch batchId {record['batchId']!r} is not a UUID"
+            ) from None
+        try:
+            return TickColumns.from_record(record)
+        except ColumnError as exc:
+            raise DecodeError(f"RawMarketDataBatch columns: {exc}") from exc
+
+    def _decode(self, data: bytes, expected: str | None) -> tuple[str, dict[str, Any]]:
         if not isinstance(data, bytes | bytearray | memoryview) or len(data) < _HEADER.size:
             raise DecodeError(f"not a framed Avro message ({len(data or b'')} bytes)")
         magic, schema_id = _HEADER.unpack_from(data)

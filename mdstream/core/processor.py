@@ -22,12 +22,12 @@ import numpy as np
 from mdstream.core import bars as barlib
 from mdstream.core.batch import TickColumns, stable_id, tick_event_id
 from mdstream.core.config import PipelineConfig
-from mdstream.core.contracts import RAW_BATCH, ContractSet, DecodeError
+from mdstream.core.contracts import ContractSet, DecodeError
 from mdstream.core.instruments import InstrumentMaster, ReferenceProblem, session_of
 from mdstream.core.quality import activity
 from mdstream.core.quality import assess as quality
 from mdstream.core.quality.alerts import alert
-from mdstream.core.validation import validate
+from mdstream.core.validation import rejections
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,14 @@ def dead_letter(
     }
 
 
-def _tick_payload(batch: Mapping[str, Any], index: int) -> bytes:
-    tick = batch["ticks"][index]
+def _tick_payload(cols: TickColumns, index: int) -> bytes:
     return json.dumps(
         {
-            "eventId": tick_event_id(batch["batchId"], index),
-            "batchId": batch["batchId"],
-            "source": batch["source"],
-            "instrument": batch["instrument"],
-            "tick": tick,
+            "eventId": tick_event_id(cols.batch_id, index),
+            "batchId": cols.batch_id,
+            "source": cols.source,
+            "instrument": dict(cols.instrument),
+            "tick": cols.tick(index),
         },
         default=str,
         allow_nan=True,
@@ -179,7 +178,6 @@ def _close_partition_windows(
 
 
 def _reference(
-    batch: Mapping[str, Any],
     cols: TickColumns,
     master: InstrumentMaster,
     out: StepOutput,
@@ -191,7 +189,7 @@ def _reference(
     symbol = cols.symbol
     at = int(cols.ts.min()) if len(cols) else cols.published_ns
     try:
-        known = master.verify(symbol, at, batch["instrument"].get("isin"))
+        known = master.verify(symbol, at, cols.instrument.get("isin"))
     except ReferenceProblem as exc:
         reason = str(exc)
     else:
@@ -210,14 +208,14 @@ def _reference(
             symbol,
             f"batch of {len(cols)} ticks refused: {reason}",
             at,
-            batch["batchId"],
+            cols.batch_id,
         )
     )
     out.dead_letters.append(
         dead_letter(
             "reference",
             reason,
-            json.dumps(batch, default=str, allow_nan=True).encode(),
+            json.dumps(cols.to_record(), default=str, allow_nan=True).encode(),
             emitted_ns=emitted_ns,
             source=cols.source,
             key=key,
@@ -287,7 +285,7 @@ def _correct_late(
 
 
 def process_batch(
-    batch: Mapping[str, Any],
+    batch: TickColumns | Mapping[str, Any],
     state: MutableMapping[str, Any],
     partition: int,
     cfg: PipelineConfig,
@@ -296,7 +294,8 @@ def process_batch(
     key: bytes | None = None,
     offset: int | None = None,
 ) -> StepOutput:
-    """Apply one decoded RawMarketDataBatch to a partition's state; return what it emits.
+    """Apply one RawMarketDataBatch (its columns, or a decoded record) to a partition's state;
+    return what it emits.
 
     Order within the step: validate → drop late ticks → quality checks (outliers, temporal,
     statistical; `mdstream.core.quality.assess`) → provider freshness and staleness → accumulate
@@ -304,35 +303,34 @@ def process_batch(
     the raw message's offset, for lineage.
     """
     out = StepOutput()
-    cols = TickColumns.from_record(batch)
+    cols = batch if isinstance(batch, TickColumns) else TickColumns.from_record(batch)
     symbol, provider = cols.symbol, cols.source
     clock = state.get(clock_key(partition)) or {"t": 0, "open": {}}
     inst = state.get(symbol) or {"providers": {}, "bars": {}, "instrument": {}}
     if cfg.instruments is not None:
-        reference = _reference(batch, cols, cfg.instruments, out, emitted_ns, key)
+        reference = _reference(cols, cfg.instruments, out, emitted_ns, key)
         if reference is None:
             return out  # refused: alert and dead letter, no state change
         inst["instrument"] = reference
-    elif batch["instrument"].get("isin") or batch["instrument"].get("exchange"):
+    elif cols.instrument.get("isin") or cols.instrument.get("exchange"):
         inst["instrument"] = {
-            "exchange": batch["instrument"].get("exchange"),
-            "isin": batch["instrument"].get("isin"),
+            "exchange": cols.instrument.get("exchange"),
+            "isin": cols.instrument.get("isin"),
         }
 
     ok = np.ones(len(cols), dtype=bool)
-    for i, reason in enumerate(validate(cols, cfg.validation)):
-        if reason is not None:
-            ok[i] = False
-            out.dead_letters.append(
-                dead_letter(
-                    "validate",
-                    reason,
-                    _tick_payload(batch, i),
-                    emitted_ns=emitted_ns,
-                    source=provider,
-                    key=key,
-                )
+    for i, reason in rejections(cols, cfg.validation).items():
+        ok[i] = False
+        out.dead_letters.append(
+            dead_letter(
+                "validate",
+                reason,
+                _tick_payload(cols, i),
+                emitted_ns=emitted_ns,
+                source=provider,
+                key=key,
             )
+        )
 
     finest = min(cfg.interval_widths.values())
     closed = cfg.conventions.closed
@@ -345,7 +343,7 @@ def process_batch(
             dead_letter(
                 "late",
                 reasons[i],
-                _tick_payload(batch, int(i)),
+                _tick_payload(cols, int(i)),
                 emitted_ns=emitted_ns,
                 source=provider,
                 key=key,
@@ -363,7 +361,7 @@ def process_batch(
     now = int(cols.ts[ok].max())
     providers: dict[str, dict[str, Any]] = inst["providers"]
     assessment = quality.assess_batch(
-        cols, batch["ticks"], ok, inst, cfg, rejected=rejected, partition=partition, offset=offset
+        cols, ok, inst, cfg, rejected=rejected, partition=partition, offset=offset
     )
     out.alerts += assessment.alerts
     out.tick_quality[cols.batch_id] = {
@@ -448,6 +446,7 @@ class StagedWrites(MutableMapping[str, Any]):
 class MessageResult:
     output: StepOutput
     state_writes: dict[str, Any]
+    ticks: int = 0  # in the message (0 when it could not be decoded)
 
 
 def handle_raw_message(
@@ -478,7 +477,7 @@ def handle_raw_message(
         return MessageResult(StepOutput(dead_letters=[record]), {})
 
     try:
-        _, batch = contracts.decode(value, RAW_BATCH)
+        batch = contracts.decode_raw_batch(value)
     except DecodeError as exc:
         return parked("decode", str(exc))
     staged = StagedWrites(state)
@@ -489,7 +488,7 @@ def handle_raw_message(
         return parked("process", f"{type(exc).__name__}: {exc}")
     for record in out.dead_letters:
         record.update(source_topic=topic, source_partition=partition, source_offset=offset)
-    return MessageResult(out, staged.writes)
+    return MessageResult(out, staged.writes, len(batch))
 
 
 @dataclass(frozen=True)

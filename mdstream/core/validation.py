@@ -40,6 +40,15 @@ def _sentinel(values: np.ndarray, sentinels: tuple[float, ...]) -> np.ndarray:
 def validate(cols: TickColumns, rules: ValidationRules) -> list[str | None]:
     """One entry per tick: None when the tick is acceptable, else the reason it is not."""
     reasons: list[str | None] = [None] * len(cols)
+    for i, reason in rejections(cols, rules).items():
+        reasons[i] = reason
+    return reasons
+
+
+def rejections(cols: TickColumns, rules: ValidationRules) -> dict[int, str]:
+    """The ticks that may not be used, by index, with the first rule each breaks (in index
+    order). Array operations over the batch; Python only for the rejected ticks."""
+    reasons: dict[int, str] = {}
     trade, quote = cols.is_trade, ~cols.is_trade
     sentinels = rules.sentinels
     with np.errstate(invalid="ignore"):
@@ -61,7 +70,6 @@ def validate(cols: TickColumns, rules: ValidationRules) -> list[str | None]:
     if not np.logical_or.reduce([mask for mask, _ in checks]).any():
         return reasons
     for mask, reason in checks:
-        for i in np.flatnonzero(mask):
-            if reasons[i] is None:
-                reasons[i] = reason
-    return reasons
+        for i in np.flatnonzero(mask).tolist():
+            reasons.setdefault(i, reason)
+    return dict(sorted(reasons.items()))

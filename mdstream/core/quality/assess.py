@@ -92,14 +92,6 @@ def record_rejections(inst: dict[str, Any], provider: str, rejected: int) -> Non
     reliability.observe_ticks(rel, rejected, rejected, 0.0, 0.0, 0)
 
 
-def _sequence_numbers(ticks: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    return np.fromiter(
-        (np.nan if t.get("sequence") is None else t["sequence"] for t in ticks),
-        dtype=np.float64,
-        count=len(ticks),
-    )
-
-
 def _ewma(start: float, values: np.ndarray, alpha: float) -> float:
     m = len(values)
     if not m:
@@ -110,7 +102,6 @@ def _ewma(start: float, values: np.ndarray, alpha: float) -> float:
 
 def assess_batch(
     cols: TickColumns,
-    ticks: Sequence[Mapping[str, Any]],
     ok: np.ndarray,
     inst: dict[str, Any],
     cfg: PipelineConfig,
@@ -142,8 +133,8 @@ def assess_batch(
     any_quote = bool(quote.any())
 
     # Level 2, semantic.
-    conds = [t.get("conditions") for t in ticks]
-    nonreg = trade & checks.non_regular(conds, qcfg.non_regular_conditions) if any(conds) else none
+    conds = cols.conditions
+    nonreg = trade & checks.non_regular(conds, qcfg.non_regular_conditions) if conds else none
     lock = wide = none
     if any_quote:
         spread = cols.ask - cols.bid
@@ -159,7 +150,7 @@ def assess_batch(
     # Level 4, temporal.
     ts_ok = cols.ts if ok.all() else np.where(ok, cols.ts, np.iinfo(np.int64).min)
     ooo = ok & checks.out_of_order(ts_ok, feed["last_ts"])
-    seqs = _sequence_numbers(ticks)
+    seqs = cols.sequence
     dup = gap = none
     missing = 0
     if np.isfinite(seqs).any():
