@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import faust
-from mdstream_tables.state import consensus, pipeline_state
+from mdstream_tables.state import consensus_table, pipeline_state_table
 
 from mdstream.app import (
     alerts_topic,
@@ -14,13 +14,20 @@ from mdstream.app import (
     contracts,
     dead_letter_topic,
     normalized_topic,
+    ops,
     raw_topic,
     severity_alert_topics,
 )
-from mdstream.bus.eos import process_exactly_once
+from mdstream.bus.eos import process_exactly_once, write_backs
+from mdstream.bus.writeback import WriteBackTable
 from mdstream.core.contracts import ALERT, CONSENSUS, DEAD_LETTER, NORMALIZED
 from mdstream.core.processor import handle_raw_message
 from mdstream.settings import settings
+
+# State is read and changed in memory and reaches the tables once per key per commit.
+pipeline_state = WriteBackTable(pipeline_state_table)
+consensus = WriteBackTable(consensus_table)
+write_backs(app).extend((pipeline_state, consensus))
 
 
 async def _handle(event: faust.EventT) -> None:
@@ -37,10 +44,12 @@ async def _handle(event: faust.EventT) -> None:
         time.time_ns(),
     )
     for key, value in result.state_writes.items():
-        pipeline_state[key] = value
+        pipeline_state.set(key, value, event)
+    if ops.sensor is not None:
+        ops.sensor.ticks_in(msg.tp, result.ticks)
     out = result.output
     for symbol, record in out.consensus.items():
-        consensus[symbol] = record
+        consensus.set(symbol, record, event)
     for bar in out.bars:
         await normalized_topic.send(
             key=bar["instrument"]["symbol"].encode(),

@@ -7,7 +7,7 @@ from mdstream.settings import settings
 
 #: Keyed by instrument symbol (plus one stream-clock key per partition):
 #: see mdstream.core.processor.
-pipeline_state = app.Table(
+pipeline_state_table = app.Table(
     "pipeline-state",
     default=None,
     partitions=settings.partitions,
@@ -15,7 +15,7 @@ pipeline_state = app.Table(
 )
 
 #: Keyed by instrument symbol: the cross-provider consensus price and its uncertainty.
-consensus = app.Table(
+consensus_table = app.Table(
     "consensus",
     default=None,
     partitions=settings.partitions,

@@ -62,7 +62,7 @@ import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.tables.manager import TableManager
@@ -73,6 +73,9 @@ from faust.types import TP, Message
 from mode import Service
 
 from mdstream.settings import settings as app_settings
+
+if TYPE_CHECKING:
+    from mdstream.bus.writeback import WriteBackTable
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +319,9 @@ class GatedConsumer(faust_aiokafka.Consumer):
             self.app.flow_control.suspend()
             self.app.flow_control.clear()
             await self.commit_and_end_transactions()
+        for table in write_backs(self.app):
+            table.write_back()  # nothing processed since the commit: a no-op, kept for safety
+            table.forget()
         await super().on_partitions_revoked(revoked)
 
     def approve_ack(self, message: Message) -> None:
@@ -444,7 +450,10 @@ class GatedConsumer(faust_aiokafka.Consumer):
         await self.commit_and_end_transactions()
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Table state held back by the agents goes into the transactions this commit ends."""
         async with processing_gate(self.app):
+            for table in write_backs(self.app):
+                table.write_back()
             return await super().commit(topics, start_new_transaction=start_new_transaction)
 
 
@@ -498,6 +507,14 @@ async def process_exactly_once(
                 event.ack()
                 consumer.processed(message)
                 break
+
+
+def write_backs(app: faust.App) -> list[WriteBackTable]:
+    """The app's write-back tables, written at every commit (`mdstream.bus.writeback`)."""
+    tables = getattr(app, "_mdstream_write_backs", None)
+    if tables is None:
+        tables = app._mdstream_write_backs = []  # type: ignore[attr-defined]
+    return tables
 
 
 def processing_gate(app: faust.App) -> asyncio.Lock:
