@@ -259,7 +259,8 @@ def test_slowed_worker_throttles_ingest_and_a_stalled_one_fires_the_alert(
         ctl = ingest.controller
         assert ctl is not None
         prom.wait_for("unthrottled at full speed", lambda: ctl.state.level == 0, 60)
-        _slow_down(worker, lambda: ctl.state.level > 0, timeout=60)
+        # Stopped 98% of every second: slower than the feed however fast the worker is.
+        _slow_down(worker, lambda: ctl.state.level > 0, timeout=60, stopped=0.98)
         time.sleep(3)  # throttling shows in Prometheus
         engaged = [h for h in ctl.history if h[1] > 0]
         assert engaged, f"no throttling while slowed: {ctl.history[-20:]}"

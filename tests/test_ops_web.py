@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mdstream.core.simulate import INSTRUMENTS, FeedSpec
+from mdstream.core.simulate import INSTRUMENTS, FeedSpec, generate
 from mdstream.ops.top import scrape, total
 from mdstream.ops.worker import key_partition
 from mdstream.services import Endpoints
@@ -40,7 +40,8 @@ def test_two_workers_serve_every_key_and_their_probes(services: Endpoints, tmp_p
         a.wait_ready()
         b.start()
         b.wait_ready()
-        feed = FeedThread(dep, FeedSpec(duration_s=8, seed=21), pace=2.0)
+        spec = FeedSpec(duration_s=8, seed=21)
+        feed = FeedThread(dep, spec, pace=2.0)
         feed.start()
         feed.join(60)
         assert feed.error is None
@@ -49,6 +50,7 @@ def test_two_workers_serve_every_key_and_their_probes(services: Endpoints, tmp_p
         owners = {key_partition(s.encode(), dep.partitions) for s in symbols}
         assert len(owners) > 1, "the keys should span partitions of both workers"
         committed = _changelog_state(dep, "consensus")
+        ticks_in = 0
         for worker in (a, b):
             for symbol in symbols:
                 status, body = _get(worker.web_port, f"/table/consensus/{symbol}/")
@@ -60,6 +62,9 @@ def test_two_workers_serve_every_key_and_their_probes(services: Endpoints, tmp_p
             samples = scrape(f"http://127.0.0.1:{worker.web_port}/metrics")
             assert total(samples, "mdstream_assigned_partitions") == 2  # 4 partitions, 2 workers
             assert total(samples, "mdstream_messages_in_total") > 0
+            ticks_in += total(samples, "mdstream_ticks_in_total")
+        # Counted by the agent from the columns it decoded: every tick of the feed, once.
+        assert ticks_in == sum(m.n_ticks for m in generate(spec) if isinstance(m.value, dict))
         top = subprocess.run(
             [sys.executable, "-m", "mdstream.cli", "top", "--once", "--interval", "1",
              "--url", f"http://127.0.0.1:{a.web_port}", "--url", f"http://127.0.0.1:{b.web_port}"],
