@@ -190,9 +190,19 @@ def regular_sessions(mic: str, start: str, end: str) -> tuple[np.ndarray, np.nda
     return opens, closes, [d.date().isoformat() for d in sched.index]
 
 
+_QUARTER_HOUR_NS = 900 * 10**9
+
+
 def local_date(ts: int, mic: str) -> dt.date:
+    """The exchange's local date at `ts`. Every UTC offset in use is a whole number of quarter
+    hours, so the date is the same across each UTC quarter hour: computed once per quarter."""
+    return _local_date(ts // _QUARTER_HOUR_NS, mic)
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_date(quarter: int, mic: str) -> dt.date:
     tz = ZoneInfo(str(calendar(_CALENDAR_OF.get(mic, mic)).tz))
-    return dt.datetime.fromtimestamp(ts / 1e9, tz).date()
+    return dt.datetime.fromtimestamp(quarter * 900, tz).date()
 
 
 # --------------------------------------------------------------------------------------------
