@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # requires confluent-kafka < 2.13, mdstream pins 2.16.
 QUIX   := .venv-quix/.installed
 
-.PHONY: install demo test test-fast services services-down bench bench-peers lint clean
+.PHONY: install demo test test-fast services services-down bench bench-pipeline lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,13 @@ services: $(STAMP)
 services-down: $(STAMP)
 	$(BIN)/mdstream services down
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.pipeline
-
-## mdstream beside Kafka's perf tools, bare confluent-kafka, faust and Quix Streams.
-bench-peers: $(STAMP) $(QUIX)
+## mdstream beside Kafka's perf tools, bare confluent-kafka, faust and Quix Streams, one feed.
+bench: $(STAMP) $(QUIX)
 	$(BIN)/python -m benchmarks.compare --include-mdstream
+
+## The pipeline alone, in phases: throughput, tick → bar latency, ceilings.
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m benchmarks.pipeline
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
