@@ -51,6 +51,9 @@ app = MdstreamApp(
     web_bind=settings.web_host,
     web_host=settings.web_host,
     web_port=settings.web_port,
+    # Bytes per partition per fetch: at faust's 1 MiB a fetch held ~20 batches of 1,000 ticks and
+    # the worker idled half the time waiting for the next one (217 → 534 msgs/s at 16 MiB).
+    consumer_max_fetch_size=16 * 1024**2,
     web_tables_enabled=True,  # /table/<name>/<key>/ for debugging; bound to loopback by default
     broker_commit_interval=settings.commit_interval_s,
     # A SIGKILLed member holds its partitions until its session expires: keep that short.
