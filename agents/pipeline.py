@@ -22,6 +22,7 @@ from mdstream.bus.eos import process_exactly_once, write_backs
 from mdstream.bus.writeback import WriteBackTable
 from mdstream.core.contracts import ALERT, CONSENSUS, DEAD_LETTER, NORMALIZED
 from mdstream.core.processor import handle_raw_message
+from mdstream.ops import metrics
 from mdstream.settings import settings
 
 # State is read and changed in memory and reaches the tables once per key per commit.
@@ -47,6 +48,8 @@ async def _handle(event: faust.EventT) -> None:
         pipeline_state.set(key, value, event)
     if ops.sensor is not None:
         ops.sensor.ticks_in(msg.tp, result.ticks)
+    for stage, seconds in result.stage_seconds.items():
+        metrics.STAGE_SECONDS.labels(stage).observe(seconds)
     out = result.output
     for symbol, record in out.consensus.items():
         consensus.set(symbol, record, event)

@@ -63,6 +63,8 @@ def test_two_workers_serve_every_key_and_their_probes(services: Endpoints, tmp_p
             assert total(samples, "mdstream_assigned_partitions") == 2  # 4 partitions, 2 workers
             assert total(samples, "mdstream_messages_in_total") > 0
             ticks_in += total(samples, "mdstream_ticks_in_total")
+            for stage in ("decode", "validate", "quality", "bars", "produce"):
+                assert total(samples, "mdstream_stage_seconds_count", stage=stage) > 0, stage
         # Counted by the agent from the columns it decoded: every tick of the feed, once.
         assert ticks_in == sum(m.n_ticks for m in generate(spec) if isinstance(m.value, dict))
         top = subprocess.run(

@@ -445,8 +445,9 @@ def test_parked_batch_does_not_change_instrument_reference_data(
     before = copy.deepcopy(warm_state)
     bad = batch("alpaca", [(T + 300 * MS, -1.0, 1)], batch_id="not-a-uuid", exchange="XNYS")
     result = _handle(_message(bad, offset=1), warm_state)
-    assert [d["stage"] for d in result.output.dead_letters] == ["process"]
-    assert "badly formed hexadecimal UUID" in result.output.dead_letters[0]["reason"]
+    # Tick ids derive from the batch id: one that is no UUID is refused before any step.
+    assert [d["stage"] for d in result.output.dead_letters] == ["decode"]
+    assert "batchId 'not-a-uuid' is not a UUID" in result.output.dead_letters[0]["reason"]
     assert warm_state == before
 
 

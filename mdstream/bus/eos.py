@@ -72,6 +72,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
 from mode import Service
 
+from mdstream.ops import metrics
 from mdstream.settings import settings as app_settings
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ class EosProducer(faust_aiokafka.Producer):
                 await producer.begin_transaction()
 
     async def _abort_quietly(self, tid: str, producer: Any) -> None:
+        metrics.TRANSACTION_ABORTS.inc()
         try:
             await producer.abort_transaction()
         except Exception as exc:  # fenced or broken: the restart's init_transactions aborts it

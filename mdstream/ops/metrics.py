@@ -50,6 +50,9 @@ COMMIT_SECONDS = Histogram(
     buckets=_COMMIT_BUCKETS,
 )
 COMMITS = Counter("mdstream_commits_total", "Offset commits (transaction commits under EOS)")
+TRANSACTION_ABORTS = Counter(
+    "mdstream_transaction_aborts_total", "Transactions aborted (the worker then restarts)"
+)
 TICK_COMMIT_SECONDS = Histogram(
     "mdstream_tick_commit_latency_seconds",
     "Raw message timestamp (ingest publish) → the commit of its processing",
