@@ -28,6 +28,10 @@ from mdstream.ops import metrics
 from mdstream.providers.base import FrameError, ParseResult, ProviderBar
 
 log = logging.getLogger(__name__)
+
+#: How often a waiting receive looks for a stop, and how long a stop drains at most.
+_POLL_S = 0.2
+_DRAIN_S = 2.0
 RATE_WINDOW_S = 10
 
 
@@ -113,6 +117,8 @@ class WebSocketFeed:
         self._rng = random.Random(seed)
         self._symbols: set[str] = set()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._streaming = False  # in the data loop (a stop then drains what arrived)
+        self._drain_until = 0.0  # set by stop(): the drain ends then, however busy the feed
         self._stopping = asyncio.Event()
         self._health = ConnectionHealth(False, None, 0, 0, 0)
         self._per_second: deque[list[int]] = deque(maxlen=RATE_WINDOW_S + 1)  # [second, frames]
@@ -144,9 +150,13 @@ class WebSocketFeed:
             await self._send_all(self.protocol.unsubscribe_messages(gone))
 
     async def stop(self) -> None:
+        """Stop gracefully: a streaming connection first handles every frame that already
+        arrived (until the feed is quiet for a moment, at most `_DRAIN_S`), then closes; frames
+        dropped at close were the last ticks of a feed, lost (issue #16)."""
+        self._drain_until = time.monotonic() + _DRAIN_S
         self._stopping.set()
-        if self._ws is not None:
-            await self._ws.close()
+        if self._ws is not None and not self._streaming:
+            await self._ws.close()  # still in the handshake: nothing received to keep
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._connected_event.wait(), timeout_s)
@@ -220,12 +230,14 @@ class WebSocketFeed:
             self._set_connected(True)
             await self.breaker.record_success()
             log.info("%s feed connected, %d symbols", self.provider, len(self._symbols))
-            while not self._stopping.is_set():
+            self._streaming = True
+            while True:
                 frame = await self._receive(ws)
                 if frame is None:
                     return
                 await self._handle(frame, streaming=True)
         finally:
+            self._streaming = False
             self._ws = None
             await ws.close()
 
@@ -237,20 +249,26 @@ class WebSocketFeed:
         a stalled one answers nothing and is reconnected.
         """
         timeout = self.protocol.heartbeat_timeout_s
-        deadline = time.monotonic() + timeout
+        last = time.monotonic()
         pinged = False
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                msg = await ws.receive(timeout=max(0.001, remaining if pinged else remaining / 2))
-            except TimeoutError:
-                if pinged or time.monotonic() >= deadline:
-                    raise FeedError(f"no frame, heartbeat or pong for {timeout} s") from None
+            now = time.monotonic()
+            if self._stopping.is_set():
+                if now >= self._drain_until:
+                    return None
+            elif now - last >= timeout:
+                raise FeedError(f"no frame, heartbeat or pong for {timeout} s")
+            elif not pinged and now - last >= timeout / 2:
                 await ws.ping()
                 pinged = True
+            try:
+                msg = await ws.receive(timeout=_POLL_S)
+            except TimeoutError:
+                if self._stopping.is_set():
+                    return None  # quiet: every frame that arrived was handled
                 continue
             self._touch()
-            deadline, pinged = time.monotonic() + timeout, False
+            last, pinged = time.monotonic(), False
             if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 return msg.data
             if msg.type == aiohttp.WSMsgType.PING:
