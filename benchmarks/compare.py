@@ -15,17 +15,18 @@ consumer group of its own. Rows, from the floor up:
 - L0 consume: Kafka's `ConsumerPerformance` (kafka-consumer-perf-test) reading those records
   back; its fetch rate (group join excluded). Not the raw topic itself: N messages are read in a
   few fetches, so the figure would be fetch round trips (fetch.max.wait.ms), not throughput.
-- L1 plain / L1 txn: `benchmarks.pipeline.run_passthrough`, bare confluent-kafka consume →
-  produce of each message unchanged, without and with transactions (offsets in the transaction,
-  a commit every MDSTREAM_COMMIT_INTERVAL); passes repeat until 3 s of work. No decoding.
+- L1 plain / L1 txn: `benchmarks.pipeline.ceiling.run_passthrough`, bare confluent-kafka
+  consume → produce of each message unchanged, without and with transactions (offsets in the
+  transaction, a commit every MDSTREAM_COMMIT_INTERVAL); passes repeat until 3 s of work. No
+  decoding.
 - faust per-event (`benchmarks/peers/faust_per_event.py`) and Quix Streams
   (`benchmarks/peers/quix_bars.py`): real worker processes, each framework's exactly-once mode,
   every message decoded, trades folded one at a time into 1 s and 1 min OHLCV bars per
   instrument (`benchmarks/peers/bars.py`, the same function for both), state in the framework's
   changelogged store, final bars produced as JSON. Quix runs under its own interpreter
   (`--quix-python`, default `.venv-quix/bin/python`; see `benchmarks/peers/requirements-quix.txt`).
-- mdstream (`--include-mdstream`): `benchmarks.pipeline.run_throughput`, the real worker, which
-  does more (validation, quality, consensus, alerts, 1 h bars too, Avro outputs).
+- mdstream (`--include-mdstream`): `benchmarks.pipeline.throughput.run_throughput`, the real
+  worker, which does more (validation, quality, consensus, alerts, 1 h bars too, Avro outputs).
 
 Worker rows are timed like benchmarks.pipeline's throughput phase: from the worker's ready log
 line until its group's committed offsets cover every raw message (`--timeout` caps it; a capped
@@ -55,7 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from benchmarks.pipeline import (
+from benchmarks.pipeline.ceiling import run_passthrough
+from benchmarks.pipeline.harness import (
     COMMIT_INTERVAL_S,
     CONTRACTS,
     FAUST,
@@ -63,10 +65,9 @@ from benchmarks.pipeline import (
     Pipeline,
     cpu_seconds,
     reproduce_command,
-    run_passthrough,
-    run_throughput,
     say,
 )
+from benchmarks.pipeline.throughput import run_throughput
 from mdstream.bus.kafka import ensure_topics, publish, read_all
 from mdstream.core.contracts import RAW_BATCH
 from mdstream.core.simulate import FeedMessage, FeedSpec, generate
@@ -89,7 +90,7 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------------
-# Peers as worker processes, under benchmarks.pipeline's process handling
+# Peers as worker processes, under benchmarks.pipeline.harness's process handling
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from benchmarks.compare import FaustPeer, Peer, QuixPeer, default_quix_python, run_peer
-from benchmarks.pipeline import CONTRACTS, GRACE_MS, Pipeline
+from benchmarks.pipeline.harness import CONTRACTS, GRACE_MS, Pipeline
 from mdstream.bus.kafka import ensure_topics, publish, read_all
 from mdstream.core.simulate import FeedMessage, FeedSpec, generate
 from mdstream.services import ensure_up

@@ -10,8 +10,8 @@ skipped), folds its ticks one at a time into the instrument's 1 s and 1 min OHLC
 rocksdict, changelogged: one changelog record per message), and sends each final bar as JSON to
 `PEER_SINK`, keyed by symbol. No validation, quality, consensus, alerts or 1 h bars.
 
-Configured from the environment `benchmarks.pipeline.Pipeline` gives a worker (MDSTREAM_APP_ID
-is the consumer group, MDSTREAM_BROKER, MDSTREAM_DATA_DIR, MDSTREAM_PARTITIONS,
+Configured from the environment `benchmarks.pipeline.harness.Pipeline` gives a worker
+(MDSTREAM_APP_ID is the consumer group, MDSTREAM_BROKER, MDSTREAM_DATA_DIR, MDSTREAM_PARTITIONS,
 MDSTREAM_GRACE_MS, MDSTREAM_COMMIT_INTERVAL) plus PEER_SOURCE and PEER_SINK.
 """
 
