@@ -119,6 +119,7 @@ class WebSocketFeed:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._streaming = False  # in the data loop (a stop then drains what arrived)
         self._drain_until = 0.0  # set by stop(): the drain ends then, however busy the feed
+        self._drained = asyncio.Event()  # set when a streaming connection has been left
         self._stopping = asyncio.Event()
         self._health = ConnectionHealth(False, None, 0, 0, 0)
         self._per_second: deque[list[int]] = deque(maxlen=RATE_WINDOW_S + 1)  # [second, frames]
@@ -152,11 +153,15 @@ class WebSocketFeed:
     async def stop(self) -> None:
         """Stop gracefully: a streaming connection first handles every frame that already
         arrived (until the feed is quiet for a moment, at most `_DRAIN_S`), then closes; frames
-        dropped at close were the last ticks of a feed, lost (issue #16)."""
+        dropped at close were the last ticks of a feed, lost (issue #16). Returns once the
+        drain is over, so a caller may cancel `run()` afterwards without losing a frame."""
         self._drain_until = time.monotonic() + _DRAIN_S
         self._stopping.set()
         if self._ws is not None and not self._streaming:
             await self._ws.close()  # still in the handshake: nothing received to keep
+        elif self._streaming:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), _DRAIN_S + 1.0)
 
     async def wait_connected(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._connected_event.wait(), timeout_s)
@@ -231,6 +236,7 @@ class WebSocketFeed:
             await self.breaker.record_success()
             log.info("%s feed connected, %d symbols", self.provider, len(self._symbols))
             self._streaming = True
+            self._drained.clear()
             while True:
                 frame = await self._receive(ws)
                 if frame is None:
@@ -240,6 +246,7 @@ class WebSocketFeed:
             self._streaming = False
             self._ws = None
             await ws.close()
+            self._drained.set()
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> str | bytes | None:
         """The next data frame; None on a close by stop(); FeedError on a stall.
